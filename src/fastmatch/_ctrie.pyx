@@ -1,0 +1,546 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, always_allow_keywords=False
+"""The compiled segment trie.
+
+Every node of the trie is an entry of one open-addressing hash table, keyed by
+the hash of its path from the root: a child is found by hashing its parent's
+path hash with the child's segment (``*`` is a segment like any other). So the
+slots of the whole literal path of an event type are known before the walk
+starts, and are prefetched together: a match waits for memory about once, not
+once per level, however many patterns there are. An entry is one cache line and
+holds all that a match reads of its node, the node's keys included.
+
+One pass over the event type's buffer validates and splits it; no substring
+object is made. Results are cached per event type in a small two-way
+set-associative table; ``add`` and ``remove`` empty it.
+"""
+
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.object cimport PyObject, PyObject_Hash
+from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp, memcpy
+
+import os
+from types import GenericAlias
+
+from fastmatch._contract import explain
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+    void* PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void* address) nogil
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Eight bytes as a little-endian number, so that hashes do not depend on the CPU. */
+    static inline uint64_t fm_load64(const char *p) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap64(word);
+    #endif
+        return word;
+    }
+    """
+    uint64_t load64 "fm_load64"(const char* p) nogil
+
+cdef enum:
+    LEVELS = 4
+    MAX_FRONTIER = 16  # 2 ** LEVELS: each level can branch into a literal and '*'
+    MAX_MARKS = 8      # 3 separators and 4 wildcards at most in a valid pattern
+    INLINE = 16        # segments up to this many bytes live in the entry itself
+    LITERAL_CHAR = 0
+    INVALID_CHAR = 1
+    STAR_CHAR = 2
+    COLON_CHAR = 3
+
+cdef uint8_t CHAR_CLASS[256]
+cdef int _c
+for _c in range(256):
+    CHAR_CLASS[_c] = INVALID_CHAR
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.":
+    CHAR_CLASS[_c] = LITERAL_CHAR
+CHAR_CLASS[ord("*")] = STAR_CHAR
+CHAR_CLASS[ord(":")] = COLON_CHAR
+
+cdef uint64_t MIX = 0x9E3779B97F4A7C15ULL
+# A per-process seed, so that nobody can choose segments that collide on purpose.
+cdef uint64_t HASH_SEED = int.from_bytes(os.urandom(8), "little") | 1
+
+
+cdef inline uint64_t segment_hash(const char* data, Py_ssize_t start, Py_ssize_t length) noexcept nogil:
+    """Hash ``data[start:start + length]`` eight bytes at a time.
+
+    ``data`` must hold at least eight bytes, which every valid text does (with
+    its terminating NUL): the last few bytes of a segment are read as one word
+    that may begin before the segment, so no loop runs byte by byte.
+    """
+    cdef uint64_t h = HASH_SEED ^ <uint64_t>length
+    cdef Py_ssize_t i = start, end = start + length, rest
+    cdef uint64_t word
+    while end - i >= 8:
+        h = (h ^ load64(data + i)) * MIX
+        h ^= h >> 29
+        i += 8
+    rest = end - i
+    if rest:
+        if end >= 8:
+            word = load64(data + end - 8) >> (64 - 8 * rest)
+        else:
+            word = (load64(data) >> (8 * i)) & ((1ULL << (8 * rest)) - 1)
+        h = (h ^ word) * MIX
+        h ^= h >> 29
+    return h
+
+
+cdef inline uint64_t child_hash(uint64_t parent, uint64_t segment) noexcept nogil:
+    """The path hash of a child: its parent's path hash extended by one segment."""
+    cdef uint64_t h = (parent ^ (parent >> 31)) * MIX + segment
+    h ^= h >> 32
+    h *= 0xD6E8FEB86659FD93ULL
+    return h ^ (h >> 32)
+
+
+cdef uint64_t STAR_HASH = segment_hash(b"*:*:*:*", 0, 1)
+
+
+cdef struct Segments:
+    const char* data
+    Py_ssize_t start[LEVELS]
+    Py_ssize_t length[LEVELS]
+    uint64_t hash[LEVELS]
+
+
+cdef inline bint split(object text, Segments* out, bint allow_star) noexcept:
+    """Validate ``text``, find its segments and hash them; False if invalid.
+
+    The byte loop only notes where the characters other than literal ones are,
+    without a branch, so it runs at memory speed; those few are checked after.
+    """
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    if n < 7 or not PyUnicode_IS_ASCII(text):  # "a:b:c:d" is the shortest valid text
+        return False
+    cdef const char* data = <const char*>PyUnicode_DATA(text)
+    cdef Py_ssize_t marks[MAX_MARKS]
+    cdef Py_ssize_t i, k, count = 0, start = 0
+    cdef int level = 0
+    cdef uint8_t kind
+    for i in range(n):
+        marks[count & (MAX_MARKS - 1)] = i
+        count += CHAR_CLASS[<uint8_t>data[i]] != LITERAL_CHAR
+    if count >= MAX_MARKS:
+        return False
+    out.data = data
+    for k in range(count + 1):
+        i = marks[k] if k < count else n  # the end of the text closes the last segment
+        kind = CHAR_CLASS[<uint8_t>data[i]] if k < count else COLON_CHAR
+        if kind == STAR_CHAR:
+            if not allow_star or i != start or (i + 1 < n and data[i + 1] != b":"):
+                return False  # a wildcard must be a whole segment
+            continue
+        if kind != COLON_CHAR or i == start or level == LEVELS:
+            return False
+        out.start[level] = start
+        out.length[level] = i - start
+        out.hash[level] = segment_hash(data, start, i - start)
+        level += 1
+        start = i + 1
+    return level == LEVELS
+
+
+cdef struct Entry:
+    # One trie node, one cache line. Its slot is its path hash; empty slots have id 0.
+    uint64_t hash       # path hash
+    uint64_t id         # unique for the index's lifetime; the root is 0 and has no entry
+    uint64_t parent     # the parent's id
+    PyObject* keys      # leaves: the key itself if there is one, else a tuple; owned
+    uint32_t length     # of the segment
+    uint32_t literals   # children other than '*'
+    uint32_t star       # 1 if there is a '*' child
+    uint32_t count      # keys held, 0 for inner nodes
+    char text[INLINE]   # the segment when it fits, else a pointer to an owned copy
+
+
+cdef inline const char* entry_text(Entry* entry) noexcept nogil:
+    if entry.length <= INLINE:
+        return &entry.text[0]
+    return (<char**>entry.text)[0]
+
+
+cdef struct Table:
+    Entry* slots
+    uint64_t mask       # capacity - 1; capacity is a power of two
+    Py_ssize_t used
+
+
+cdef inline Entry* find(Table* table, uint64_t h, uint64_t parent, const char* text,
+                        Py_ssize_t length) noexcept nogil:
+    cdef uint64_t i = h & table.mask
+    cdef Entry* entry
+    while True:
+        entry = &table.slots[i]
+        if entry.id == 0:
+            return NULL
+        if (entry.hash == h and entry.parent == parent and entry.length == length
+                and memcmp(entry_text(entry), text, length) == 0):
+            return entry
+        i = (i + 1) & table.mask
+
+
+cdef int grow(Table* table) except -1:
+    cdef uint64_t old_capacity = table.mask + 1 if table.slots != NULL else 0
+    cdef uint64_t capacity = old_capacity * 2 if old_capacity else 64
+    cdef Entry* old = table.slots
+    cdef Entry* slots = <Entry*>calloc(capacity, sizeof(Entry))
+    cdef uint64_t k, i
+    if slots == NULL:
+        raise MemoryError()
+    for k in range(old_capacity):
+        if old[k].id != 0:
+            i = old[k].hash & (capacity - 1)
+            while slots[i].id != 0:
+                i = (i + 1) & (capacity - 1)
+            slots[i] = old[k]
+    free(old)
+    table.slots = slots
+    table.mask = capacity - 1
+    return 0
+
+
+cdef Entry* insert(Table* table, uint64_t h, uint64_t id, uint64_t parent, const char* text,
+                   Py_ssize_t length) except NULL:
+    if table.slots == NULL or (table.used + 1) * 4 > <Py_ssize_t>(table.mask + 1) * 3:
+        grow(table)
+    cdef char* copy = NULL
+    if length > INLINE:
+        copy = <char*>malloc(length)
+        if copy == NULL:
+            raise MemoryError()
+        memcpy(copy, text, length)
+    cdef uint64_t i = h & table.mask
+    while table.slots[i].id != 0:
+        i = (i + 1) & table.mask
+    cdef Entry* entry = &table.slots[i]
+    entry.hash = h
+    entry.id = id
+    entry.parent = parent
+    entry.keys = NULL
+    entry.length = <uint32_t>length
+    entry.literals = 0
+    entry.star = 0
+    entry.count = 0
+    if copy != NULL:
+        (<char**>entry.text)[0] = copy
+    else:
+        memcpy(entry.text, text, length)
+    table.used += 1
+    return entry
+
+
+cdef void delete(Table* table, Entry* entry) noexcept:
+    """Remove ``entry``, shifting later probes back so that no tombstone is left."""
+    cdef uint64_t mask = table.mask
+    cdef uint64_t i = <uint64_t>(entry - table.slots), j = i, home
+    if entry.length > INLINE:
+        free((<char**>entry.text)[0])
+    Py_XDECREF(entry.keys)
+    while True:
+        j = (j + 1) & mask
+        if table.slots[j].id == 0:
+            break
+        home = table.slots[j].hash & mask
+        # The entry at j may fill the hole at i unless its home lies cyclically in (i, j].
+        if (home > i and home <= j) if i <= j else (home > i or home <= j):
+            continue
+        table.slots[i] = table.slots[j]
+        i = j
+    table.slots[i].id = 0
+    table.used -= 1
+
+
+cdef inline bint is_star(Segments* segs, int level) noexcept:
+    return segs.length[level] == 1 and segs.data[segs.start[level]] == b"*"
+
+
+cdef struct Cached:
+    Py_hash_t hash          # of the event type, so a miss reads no string
+    PyObject* event_type    # owned; NULL marks a free way
+    PyObject* keys          # as in Entry, owned
+    Py_ssize_t count
+
+
+cdef inline list keys_list(PyObject* keys, Py_ssize_t count):
+    """A new list of the keys held as an entry holds them."""
+    if count == 1:
+        result = PyList_New(1)
+        Py_INCREF(<object>keys)
+        PyList_SET_ITEM(result, 0, <object>keys)
+        return result
+    if count == 0:
+        return []
+    return list(<tuple>keys)
+
+
+cdef inline bint holds(Cached* way, Py_hash_t h, object text) noexcept:
+    """Whether ``way`` holds the result for ``text``; cached texts are all ASCII."""
+    if way.event_type == <PyObject*>text:
+        return True
+    if way.hash != h or way.event_type == NULL:
+        return False
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    return (PyUnicode_GET_LENGTH(<object>way.event_type) == n and PyUnicode_IS_ASCII(text)
+            and memcmp(PyUnicode_DATA(<object>way.event_type), PyUnicode_DATA(text), n) == 0)
+
+
+cdef inline void release(Cached cached) noexcept:
+    Py_XDECREF(cached.event_type)
+    Py_XDECREF(cached.keys)
+
+
+cdef class PatternIndex:
+    """Event-type patterns mapped to keys, matched by a compiled segment trie."""
+
+    cdef Table _table
+    cdef Entry _root            # never in the table; only its child counts are used
+    cdef uint64_t _next_id
+    cdef Py_ssize_t _entries
+    cdef dict _leaf_keys        # leaf id -> dict of its keys, in insertion order
+    cdef Cached* _cache         # sets of two ways, the newer result first
+    cdef uint64_t _cache_mask   # sets - 1, or no cache when _cache is NULL
+    cdef Py_ssize_t _cached
+
+    def __cinit__(self, Py_ssize_t cache_size=4096):
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        grow(&self._table)
+        self._root.hash = HASH_SEED
+        self._next_id = 1
+        self._leaf_keys = {}
+        cdef uint64_t sets = 1
+        if cache_size:
+            while sets * 2 < <uint64_t>cache_size:
+                sets *= 2
+            self._cache = <Cached*>calloc(sets * 2, sizeof(Cached))
+            if self._cache == NULL:
+                raise MemoryError()
+            self._cache_mask = sets - 1
+
+    def __dealloc__(self):
+        cdef uint64_t i
+        self._clear_cache()
+        free(self._cache)
+        if self._table.slots == NULL:
+            return
+        for i in range(self._table.mask + 1):
+            if self._table.slots[i].id != 0:
+                if self._table.slots[i].length > INLINE:
+                    free((<char**>self._table.slots[i].text)[0])
+                Py_XDECREF(self._table.slots[i].keys)
+        free(self._table.slots)
+
+    __class_getitem__ = classmethod(GenericAlias)
+
+    def __len__(self):
+        return self._entries
+
+    def __repr__(self):
+        return f"<PatternIndex (cython) entries={self._entries}>"
+
+    cdef inline Entry* _child(self, Entry* node, Segments* segs, int level) noexcept:
+        return find(&self._table, child_hash(node.hash, segs.hash[level]), node.id,
+                    segs.data + segs.start[level], segs.length[level])
+
+    def add(self, pattern, key):
+        """Map ``pattern`` to ``key``; adding a pair that is already there changes nothing."""
+        cdef Segments segs
+        cdef Entry* node = &self._root
+        cdef Entry* child
+        cdef int level
+        if not isinstance(pattern, str) or not split(pattern, &segs, True):
+            raise explain(pattern, what="pattern")
+        hash(key)  # an unhashable key must fail before the trie changes
+        for level in range(LEVELS):
+            child = self._child(node, &segs, level)
+            if child == NULL:
+                # Inserting may move entries, so count the child on the parent first.
+                if is_star(&segs, level):
+                    node.star = 1
+                else:
+                    node.literals += 1
+                child = insert(&self._table, child_hash(node.hash, segs.hash[level]),
+                               self._next_id, node.id,
+                               segs.data + segs.start[level], segs.length[level])
+                self._next_id += 1
+            node = child
+        keys = self._leaf_keys.get(node.id)
+        if keys is None:
+            keys = self._leaf_keys[node.id] = {}
+        elif key in keys:
+            return
+        keys[key] = None
+        self._set_keys(node, keys)
+        self._entries += 1
+        self._clear_cache()
+
+    def remove(self, pattern, key):
+        """Unmap ``key`` from ``pattern``; ``KeyError`` if that pair is not there."""
+        cdef Segments segs
+        cdef Entry* node = &self._root
+        cdef Entry* parent
+        cdef uint64_t path[LEVELS + 1]  # path hashes and ids: entries move as others are deleted
+        cdef uint64_t ids[LEVELS + 1]
+        cdef int level
+        if not isinstance(pattern, str) or not split(pattern, &segs, True):
+            raise explain(pattern, what="pattern")
+        path[0] = node.hash
+        ids[0] = 0
+        for level in range(LEVELS):
+            node = self._child(node, &segs, level)
+            if node == NULL:
+                raise KeyError((pattern, key))
+            path[level + 1] = node.hash
+            ids[level + 1] = node.id
+        keys = self._leaf_keys.get(node.id)
+        if keys is None or key not in keys:
+            raise KeyError((pattern, key))
+        del keys[key]
+        self._entries -= 1
+        self._clear_cache()
+        self._set_keys(node, keys)
+        if keys:
+            return
+        del self._leaf_keys[node.id]
+        # Prune the branch bottom-up while it holds nothing.
+        for level in range(LEVELS, 0, -1):
+            node = self._locate(path[level], ids[level])
+            if node.count or node.literals or node.star:
+                break
+            delete(&self._table, node)
+            parent = self._locate(path[level - 1], ids[level - 1])
+            if is_star(&segs, level - 1):
+                parent.star = 0
+            else:
+                parent.literals -= 1
+
+    cdef Entry* _locate(self, uint64_t h, uint64_t id) noexcept:
+        if id == 0:
+            return &self._root
+        cdef uint64_t i = h & self._table.mask
+        while self._table.slots[i].id != id:
+            i = (i + 1) & self._table.mask
+        return &self._table.slots[i]
+
+    cdef void _set_keys(self, Entry* leaf, dict keys) except *:
+        """Hold a lone key as itself, which saves a match one memory access, else a tuple."""
+        cdef PyObject* old = leaf.keys
+        leaf.keys = NULL
+        if keys:
+            held = next(iter(keys)) if len(keys) == 1 else tuple(keys)
+            Py_INCREF(held)
+            leaf.keys = <PyObject*>held
+        leaf.count = <uint32_t>len(keys)
+        Py_XDECREF(old)
+
+    def match(self, event_type):
+        """The keys of every pattern that matches ``event_type``, each key once."""
+        return self._match(event_type)
+
+    def match_many(self, event_types):
+        """``match`` for each event type of a batch, in one call."""
+        return [self._match(event_type) for event_type in event_types]
+
+    cdef list _match(self, object event_type):
+        cdef Cached* ways = NULL
+        cdef Py_hash_t text_hash = 0
+        if self._cache != NULL and isinstance(event_type, str):
+            text_hash = PyObject_Hash(event_type)
+            ways = &self._cache[(<uint64_t>text_hash & self._cache_mask) * 2]
+            if holds(&ways[0], text_hash, event_type):
+                return keys_list(ways[0].keys, ways[0].count)
+            if holds(&ways[1], text_hash, event_type):
+                return keys_list(ways[1].keys, ways[1].count)
+        cdef Segments segs
+        if not isinstance(event_type, str) or not split(event_type, &segs, False):
+            raise explain(event_type, what="event type")
+        cdef Table* table = &self._table
+        cdef uint64_t h = self._root.hash
+        cdef int level, i, width = 1, count = 0
+        # The literal path's slots are known now: let memory fetch them all at once.
+        for level in range(LEVELS):
+            h = child_hash(h, segs.hash[level])
+            prefetch(&table.slots[h & table.mask])
+        cdef Entry* buffers[2][MAX_FRONTIER]
+        cdef Entry** frontier = buffers[0]
+        cdef Entry** reached = buffers[1]
+        cdef Entry* node
+        cdef Entry* child
+        frontier[0] = &self._root
+        for level in range(LEVELS):
+            count = 0
+            for i in range(width):
+                node = frontier[i]
+                if node.literals:
+                    child = self._child(node, &segs, level)
+                    if child != NULL:
+                        reached[count] = child
+                        count += 1
+                if node.star:
+                    reached[count] = find(table, child_hash(node.hash, STAR_HASH), node.id, b"*", 1)
+                    count += 1
+            if count == 0:
+                break
+            frontier, reached = reached, frontier
+            width = count
+        cdef PyObject* keys = NULL
+        cdef Py_ssize_t held = 0
+        if count == 1:
+            keys = frontier[0].keys
+            held = frontier[0].count
+        elif count > 1:
+            merged = {}
+            for i in range(count):
+                for key in keys_list(frontier[i].keys, frontier[i].count):
+                    merged[key] = None
+            union = tuple(merged)
+            keys = <PyObject*>union
+            held = len(union)
+            if held == 1:
+                keys = <PyObject*>union[0]
+        if ways != NULL:
+            self._remember(ways, text_hash, event_type, keys, held)
+        return keys_list(keys, held)
+
+    cdef void _remember(self, Cached* ways, Py_hash_t text_hash, object event_type, PyObject* keys,
+                        Py_ssize_t count) noexcept:
+        """Put a result first in its set, moving the older one to the second way."""
+        cdef Cached evicted = ways[1]
+        ways[1] = ways[0]
+        Py_INCREF(event_type)
+        Py_XINCREF(keys)
+        ways[0].hash = text_hash
+        ways[0].event_type = <PyObject*>event_type
+        ways[0].keys = keys
+        ways[0].count = count
+        if evicted.event_type == NULL:
+            self._cached += 1
+        release(evicted)  # last: releasing can run arbitrary code
+
+    cdef void _clear_cache(self) noexcept:
+        """Forget every cached result: subscriptions change rarely, and a burst of
+        changes then costs one pass, not one per change."""
+        cdef uint64_t i
+        cdef Cached cached
+        if self._cached == 0:
+            return
+        self._cached = 0
+        for i in range((self._cache_mask + 1) * 2):
+            cached = self._cache[i]
+            self._cache[i].event_type = NULL
+            self._cache[i].keys = NULL
+            release(cached)
