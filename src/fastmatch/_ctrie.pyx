@@ -314,6 +314,7 @@ cdef class PatternIndex:
     cdef Cached* _cache         # sets of two ways, the newer result first
     cdef uint64_t _cache_mask   # sets - 1, or no cache when _cache is NULL
     cdef Py_ssize_t _cached
+    cdef Py_hash_t* _seen       # hashes of types that missed once: only a second miss is cached
 
     def __cinit__(self, Py_ssize_t cache_size=4096):
         if cache_size < 0:
@@ -327,7 +328,8 @@ cdef class PatternIndex:
             while sets * 2 < <uint64_t>cache_size:
                 sets *= 2
             self._cache = <Cached*>calloc(sets * 2, sizeof(Cached))
-            if self._cache == NULL:
+            self._seen = <Py_hash_t*>calloc(sets * 2, sizeof(Py_hash_t))
+            if self._cache == NULL or self._seen == NULL:
                 raise MemoryError()
             self._cache_mask = sets - 1
 
@@ -335,6 +337,7 @@ cdef class PatternIndex:
         cdef uint64_t i
         self._clear_cache()
         free(self._cache)
+        free(self._seen)
         if self._table.slots == NULL:
             return
         for i in range(self._table.mask + 1):
@@ -518,7 +521,16 @@ cdef class PatternIndex:
 
     cdef void _remember(self, Cached* ways, Py_hash_t text_hash, object event_type, PyObject* keys,
                         Py_ssize_t count) noexcept:
-        """Put a result first in its set, moving the older one to the second way."""
+        """Put a result first in its set, moving the older one to the second way.
+
+        Only on a type's second miss: a type seen once is noted by its hash alone,
+        so traffic of one-off types neither evicts the hot ones nor pays for
+        evicting (evicted objects are cold, and releasing them is a cache miss).
+        """
+        cdef Py_hash_t* seen = &self._seen[<uint64_t>text_hash & (self._cache_mask * 2 + 1)]
+        if seen[0] != text_hash:
+            seen[0] = text_hash
+            return
         cdef Cached evicted = ways[1]
         ways[1] = ways[0]
         Py_INCREF(event_type)

@@ -1,0 +1,33 @@
+"""Prints rates and ratios of the benchmarks of this run at the end of the session."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.figures import FIGURES, VERDICTS, machine
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"Rates and ratios (best round of each), on {machine()}")
+    for table in dict.fromkeys(f.table for f in FIGURES):
+        rows = sorted((f for f in FIGURES if f.table == table), key=lambda f: f.group)
+        write("")
+        write(f"{table}:")
+        write(f"  {'group':<28} {'contender':<12} {'rate':>16} {'vs reference':>13}")
+        for figure in rows:
+            reference = next(
+                (f for f in rows if f.group == figure.group and f.contender == "reference"), None
+            )
+            ratio = f"{figure.rate / reference.rate:.3f}" if reference else "-"
+            write(
+                f"  {figure.group:<28} {figure.contender:<12} "
+                f"{figure.rate:>12,.0f} op/s {ratio:>13}"
+            )
+    for verdicts in VERDICTS:
+        write("")
+        for line in verdicts(FIGURES):
+            write(line)

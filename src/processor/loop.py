@@ -1,0 +1,188 @@
+"""The processor loop: events in, dispatch jobs out, one batch at a time.
+
+    read a batch -> bring subscriptions up to date -> match -> commit -> repeat
+
+Everything that can fail against the store is retried with capped exponential
+backoff and jitter, and nothing moves on until the batch is committed: the
+resume token only ever follows work that was written. One bad event is
+dead-lettered; it never stops the batch around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import tenacity
+
+from processor.health import Health
+from processor.jobs import create_jobs
+from processor.matching import SubscriptionMatcher
+from processor.metrics import Metrics
+from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
+from processor.store import Batch, CommitReport, FeedEntry, ProcessedBatch, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """The processor was asked to stop while it waited to retry."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_size: int = 100  # FC_STREAM_BATCH_SIZE
+    max_wait: float = 0.5  # seconds a read waits for the first event of a batch
+    backoff_initial: float = 0.05
+    backoff_max: float = 10.0
+
+
+class Processor:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.matcher = SubscriptionMatcher()
+        self.stop_requested = threading.Event()
+        self._clock = clock
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def run(self) -> None:
+        """Process batches until ``stop()``; returns once the current batch is committed."""
+        token = self._retry("load resume token", self.store.resume_token)
+        feed = self._retry("open feed", self.store.open_feed, token)
+        log.info("processing events after %s", token or "the current point")
+        try:
+            while not self.stop_requested.is_set():
+                batch = self._retry("read", feed.next_batch, self.settings.batch_size, self.settings.max_wait)
+                self.health.connected()
+                if batch.entries or batch.resume_token != token:
+                    self.process(batch)
+                    token = batch.resume_token
+        except Stopped:
+            pass
+        finally:
+            feed.close()
+
+    def process(self, batch: Batch) -> CommitReport:
+        started = time.perf_counter()
+        # Read after the batch: every subscription committed before these events is seen.
+        self.matcher.apply(self._retry("load subscriptions", self.store.subscription_changes), self.metrics)
+        now = self._clock()
+        events: list[Event] = []
+        jobs: list[DispatchJob] = []
+        dead_letters: list[DeadLetter] = []
+        for entry in batch.entries:
+            try:
+                event = self._parse(entry)
+                matched = self.matcher.match(event)
+            except InvalidEvent as error:
+                dead_letters.append(self._dead_letter(entry, error))
+                continue
+            except Exception as error:  # a bug must not stop the stream: keep the event, say so
+                log.exception("matching the event at %s failed", entry.position)
+                dead_letters.append(
+                    self._dead_letter(entry, InvalidEvent(f"matching failed: {error!r}", "unmatchable"))
+                )
+                continue
+            events.append(event)
+            jobs.extend(create_jobs(event, matched, now))
+        report = self._retry(
+            "commit",
+            self.store.commit,
+            ProcessedBatch(events, jobs, dead_letters, batch.resume_token),
+        )
+        self._measure(batch, events, jobs, report, time.perf_counter() - started)
+        return report
+
+    @staticmethod
+    def _parse(entry: FeedEntry) -> Event:
+        if entry.document is None:
+            raise InvalidEvent(entry.problem or "undecodable", "undecodable")
+        return parse_event(entry.document, entry.received_at)
+
+    def _dead_letter(self, entry: FeedEntry, error: InvalidEvent) -> DeadLetter:
+        event_id = entry.document.get("id") if entry.document else None
+        log.error("event at %s skipped and dead-lettered: %s", entry.position, error)
+        self.metrics.events_dead_lettered.labels(error.kind).inc()
+        return DeadLetter(
+            position=entry.position,
+            event_id=event_id if isinstance(event_id, str) else None,
+            reason=str(error),
+            raw=entry.raw(),
+            received_at=entry.received_at,
+        )
+
+    def _measure(
+        self,
+        batch: Batch,
+        events: list[Event],
+        jobs: list[DispatchJob],
+        report: CommitReport,
+        seconds: float,
+    ) -> None:
+        m = self.metrics
+        m.events_processed.inc(len(batch.entries))
+        m.subscriptions_matched.inc(len(jobs))
+        m.jobs_created.inc(report.jobs_created)
+        m.duplicate_jobs.inc(report.duplicates)
+        m.processing_duration.observe(seconds)
+        m.subscriptions_active.set(len(self.matcher))
+        if batch.entries and len(batch.entries) >= self.settings.batch_size:
+            newest = batch.entries[-1].received_at  # more are waiting: report how far behind
+            m.lag.set(max(0.0, (self._clock() - newest).total_seconds()))
+        else:
+            m.lag.set(0.0)
+        self.health.batch_done(len(batch.entries))
+
+    def _pause(self, seconds: float) -> None:
+        self.stop_requested.wait(seconds)
+
+    def _retry(self, operation: str, call: Callable[..., T], *args: object) -> T:
+        """``call(*args)`` until it succeeds, backing off between failures; a stop
+        request ends the wait (``Stopped``) rather than the work."""
+
+        def note_failure(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self.metrics.store_errors.labels(operation).inc()
+            self.health.failed(operation, error)
+            log.warning(
+                "%s failed (attempt %d), retrying in %.2fs: %s",
+                operation,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+                error,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(Exception),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self.settings.backoff_initial, max=self.settings.backoff_max
+            ),
+            stop=tenacity.stop_when_event_set(self.stop_requested),
+            sleep=self._pause,
+            before_sleep=note_failure,
+            reraise=True,
+        )
+        try:
+            return retrying(call, *args)
+        except Exception:
+            if self.stop_requested.is_set():
+                raise Stopped from None
+            raise

@@ -1,0 +1,80 @@
+"""The subscription matcher: which active subscriptions want an event.
+
+Per client, a fastmatch index maps event-type patterns to subscription ids, so
+an event is only ever compared with its own client's patterns; the filters of
+the few subscriptions whose pattern matched are checked after.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from fastmatch import PatternIndex
+from processor.metrics import Metrics
+from processor.models import Event, Subscription, describe
+from processor.store import SubscriptionChanges
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionMatcher:
+    def __init__(self) -> None:
+        self._indexes: dict[str, PatternIndex[str]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+
+    def __len__(self) -> int:
+        """Active subscriptions held."""
+        return len(self._subscriptions)
+
+    def apply(self, changes: SubscriptionChanges, metrics: Metrics) -> None:
+        """Bring the matcher up to date; a stored subscription that breaks the
+        contract is skipped with an error log, and the others keep working."""
+        for document in changes.upserted:
+            try:
+                subscription = Subscription.model_validate(document)
+            except ValidationError as error:
+                log.error(
+                    "subscription %r skipped, it is invalid: %s",
+                    document.get("id"),
+                    describe(error),
+                )
+                metrics.subscriptions_invalid.inc()
+                if isinstance(document.get("id"), str):
+                    self.discard(document["id"])
+                continue
+            self.put(subscription)
+        for subscription_id in changes.removed:
+            self.discard(subscription_id)
+
+    def put(self, subscription: Subscription) -> None:
+        """Add, replace or (when inactive) drop a subscription."""
+        self.discard(subscription.id)
+        if not subscription.active:
+            return
+        index = self._indexes.get(subscription.client_id)
+        if index is None:
+            index = self._indexes[subscription.client_id] = PatternIndex()
+        index.add(subscription.event_type_pattern, subscription.id)
+        self._subscriptions[subscription.id] = subscription
+
+    def discard(self, subscription_id: str) -> None:
+        old = self._subscriptions.pop(subscription_id, None)
+        if old is None:
+            return
+        index = self._indexes[old.client_id]
+        index.remove(old.event_type_pattern, old.id)
+        if not len(index):
+            del self._indexes[old.client_id]
+
+    def match(self, event: Event) -> list[Subscription]:
+        index = self._indexes.get(event.client_id)
+        if index is None:
+            return []
+        found = []
+        for subscription_id in index.match(event.type):
+            subscription = self._subscriptions[subscription_id]
+            if subscription.accept(event):
+                found.append(subscription)
+        return found

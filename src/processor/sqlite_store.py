@@ -1,0 +1,455 @@
+"""The embedded store: SQLite in WAL mode, for development, tests and `fc-dev`.
+
+The ``events`` table's ``seq`` is the change feed: SQLite lets one writer
+commit at a time, so ``seq`` grows in commit order and a reader that has seen
+``seq`` N has seen everything committed before it. Any process may insert
+events with plain SQL. A batch's jobs, dead letters, projections and resume
+token are written in one transaction, so a crash either keeps all of it or
+none, and a replayed batch is never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from processor.models import DeadLetter, DispatchJob, Event
+from processor.projections import ProjectionDelta
+from processor.store import (
+    Batch,
+    CommitReport,
+    FeedEntry,
+    ProcessedBatch,
+    ResumeToken,
+    StoreUnavailable,
+    SubscriptionChanges,
+)
+
+RESUME_KEY = "stream-processor"
+BUSY_TIMEOUT_MS = 1000
+POLL_INTERVAL = 0.01  # seconds between looks for new events when idle
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE DEFAULT (lower(hex(randomblob(16)))),
+    type           TEXT,
+    client_id      TEXT,
+    source         TEXT,
+    time           TEXT,
+    data           TEXT,
+    metadata       TEXT,
+    subject        TEXT,
+    correlation_id TEXT,
+    causation_id   TEXT,
+    received_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS events_type ON events (type);
+CREATE INDEX IF NOT EXISTS events_client_time ON events (client_id, time);
+
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id                 TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))),
+    client_id          TEXT,
+    name               TEXT,
+    event_type_pattern TEXT,
+    target             TEXT,
+    pool_code          TEXT,
+    active             INTEGER NOT NULL DEFAULT 1,
+    filters            TEXT,
+    created_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS subscriptions_client_active ON subscriptions (client_id, active);
+
+-- Every write to subscriptions, however made, leaves its id here: the processor
+-- reads this log to stay current without reloading everything.
+CREATE TABLE IF NOT EXISTS subscription_changes (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS subscriptions_inserted AFTER INSERT ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id) VALUES (NEW.id);
+END;
+CREATE TRIGGER IF NOT EXISTS subscriptions_updated AFTER UPDATE ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id) VALUES (OLD.id);
+    INSERT INTO subscription_changes (subscription_id) SELECT NEW.id WHERE NEW.id IS NOT OLD.id;
+END;
+CREATE TRIGGER IF NOT EXISTS subscriptions_deleted AFTER DELETE ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id) VALUES (OLD.id);
+END;
+
+CREATE TABLE IF NOT EXISTS dispatch_jobs (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    client_id       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    pool_code       TEXT NOT NULL,
+    scheduled_at    TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_attempt_at TEXT,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    UNIQUE (event_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
+CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq         INTEGER PRIMARY KEY,
+    position    TEXT NOT NULL UNIQUE,
+    event_id    TEXT,
+    reason      TEXT NOT NULL,
+    raw         TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+CREATE TABLE IF NOT EXISTS event_type_counts (
+    type  TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscription_stats (
+    subscription_id TEXT PRIMARY KEY,
+    jobs_created    INTEGER NOT NULL,
+    last_matched_at TEXT
+);
+CREATE TABLE IF NOT EXISTS client_activity (
+    client_id       TEXT PRIMARY KEY,
+    events          INTEGER NOT NULL,
+    jobs            INTEGER NOT NULL,
+    last_event_time TEXT
+);
+
+CREATE TABLE IF NOT EXISTS resume_tokens (
+    key        TEXT PRIMARY KEY,
+    token      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"""
+
+EVENT_COLUMNS = (
+    "id",
+    "type",
+    "client_id",
+    "source",
+    "time",
+    "data",
+    "metadata",
+    "subject",
+    "correlation_id",
+    "causation_id",
+)
+JSON_COLUMNS = ("data", "metadata")
+JOB_COLUMNS = (
+    "id",
+    "event_id",
+    "subscription_id",
+    "client_id",
+    "status",
+    "target",
+    "pool_code",
+    "scheduled_at",
+    "attempts",
+    "last_attempt_at",
+    "last_error",
+    "created_at",
+)
+INSERT_JOB = (
+    f"INSERT OR IGNORE INTO dispatch_jobs ({', '.join(JOB_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+)
+
+
+def timestamp(moment: datetime) -> str:
+    """One fixed-width UTC format, so that stored times also sort as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, schema in place."""
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.executescript(SCHEMA)
+    return connection
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection, *, immediate: bool = True) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK on any error; a locked or failed database
+    surfaces as ``StoreUnavailable`` so that callers retry."""
+    try:
+        connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise StoreUnavailable(f"sqlite: {error}") from error
+
+
+def _decode(row: sqlite3.Row) -> FeedEntry:
+    record = {column: row[column] for column in ("seq", "received_at", *EVENT_COLUMNS)}
+    raw = partial(json.dumps, record, ensure_ascii=False, default=repr)  # only a dead letter needs it
+    received_at = parse_timestamp(row["received_at"])
+    document = {column: row[column] for column in EVENT_COLUMNS if row[column] is not None}
+    for column in JSON_COLUMNS:
+        if isinstance(document.get(column), str):
+            try:
+                document[column] = json.loads(document[column])
+            except ValueError as error:
+                problem = f"{column}: not valid JSON ({error})"
+                return FeedEntry(str(row["seq"]), None, raw, received_at, problem)
+        elif column in document:
+            problem = f"{column}: must be JSON text, got {type(document[column]).__name__}"
+            return FeedEntry(str(row["seq"]), None, raw, received_at, problem)
+    return FeedEntry(str(row["seq"]), document, raw, received_at)
+
+
+class SqliteFeed:
+    """Reads ``events`` by ``seq``; when there is nothing new it waits, checking
+    ``PRAGMA data_version`` (which changes only when another connection wrote)."""
+
+    def __init__(self, connection: sqlite3.Connection, after: int, wakeup: threading.Event) -> None:
+        self._connection = connection
+        self._after = after
+        self._wakeup = wakeup
+
+    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+        deadline = time.monotonic() + max_wait
+        version = None
+        while True:
+            rows = self._read(max_events)
+            if rows or time.monotonic() >= deadline:
+                break
+            while time.monotonic() < deadline:
+                self._wakeup.wait(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+                self._wakeup.clear()
+                seen = self._data_version()
+                if seen != version:
+                    version = seen
+                    break
+        if rows:
+            self._after = rows[-1]["seq"]
+        return Batch([_decode(row) for row in rows], str(self._after))
+
+    def _read(self, max_events: int) -> list[sqlite3.Row]:
+        try:
+            return self._connection.execute(
+                f"SELECT seq, received_at, {', '.join(EVENT_COLUMNS)} FROM events "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self._after, max_events),
+            ).fetchall()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"sqlite: {error}") from error
+
+    def _data_version(self) -> int:
+        return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteStore:
+    """The processor's side of the embedded store."""
+
+    def __init__(self, path: str | Path, resume_key: str = RESUME_KEY) -> None:
+        self.path = Path(path)
+        self._connection = connect(path)
+        self._resume_key = resume_key
+        self._subscriptions_seen = -1  # last subscription_changes.seq applied; -1: none yet
+        self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
+
+    def resume_token(self) -> ResumeToken | None:
+        row = self._connection.execute(
+            "SELECT token FROM resume_tokens WHERE key = ?", (self._resume_key,)
+        ).fetchone()
+        return None if row is None else str(row["token"])
+
+    def open_feed(self, resume_after: ResumeToken | None) -> SqliteFeed:
+        if resume_after is None:
+            # A first start begins at the current point, as the spec says, and
+            # records it at once: a crash before the first batch must not move it.
+            with transaction(self._connection):
+                row = self._connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+                resume_after = str(row[0])
+                self._save_token(resume_after)
+        return SqliteFeed(self._connection, int(resume_after), self.wakeup)
+
+    def _save_token(self, token: ResumeToken) -> None:
+        self._connection.execute(
+            "INSERT INTO resume_tokens (key, token, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
+            (self._resume_key, token, timestamp(datetime.now(UTC))),
+        )
+
+    def subscription_changes(self) -> SubscriptionChanges:
+        with transaction(self._connection, immediate=False):
+            return self._subscription_changes()
+
+    def _subscription_changes(self) -> SubscriptionChanges:
+        connection = self._connection
+        last = int(connection.execute("SELECT coalesce(max(seq), 0) FROM subscription_changes").fetchone()[0])
+        if last == self._subscriptions_seen:
+            return SubscriptionChanges()
+        if self._subscriptions_seen < 0:
+            rows = connection.execute("SELECT * FROM subscriptions").fetchall()
+            changes = SubscriptionChanges(upserted=[_subscription_document(row) for row in rows])
+        else:
+            ids = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT DISTINCT subscription_id FROM subscription_changes WHERE seq > ? AND seq <= ?",
+                    (self._subscriptions_seen, last),
+                )
+            ]
+            found = {
+                row["id"]: _subscription_document(row)
+                for row in connection.execute(
+                    f"SELECT * FROM subscriptions WHERE id IN ({', '.join('?' * len(ids))})", ids
+                )
+            }
+            changes = SubscriptionChanges(
+                upserted=list(found.values()), removed=[i for i in ids if i not in found]
+            )
+        self._subscriptions_seen = last
+        return changes
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        with transaction(self._connection):
+            new_jobs = self._insert_jobs(batch.jobs)
+            self._insert_dead_letters(batch.dead_letters)
+            self._apply(_delta(batch.events, new_jobs))
+            if batch.resume_token is not None:
+                self._save_token(batch.resume_token)
+        return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
+
+    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
+        """Insert and return the jobs that were new. The batch insert is the rule;
+        when it finds some jobs there already, it is redone row by row to know which."""
+        if not jobs:
+            return jobs
+        connection = self._connection
+        connection.execute("SAVEPOINT jobs")
+        if connection.executemany(INSERT_JOB, map(_job_row, jobs)).rowcount == len(jobs):
+            connection.execute("RELEASE jobs")
+            return jobs
+        connection.execute("ROLLBACK TO jobs")
+        new_jobs = [job for job in jobs if connection.execute(INSERT_JOB, _job_row(job)).rowcount]
+        connection.execute("RELEASE jobs")
+        return new_jobs
+
+    def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO dead_letters (position, event_id, reason, raw, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    letter.position,
+                    letter.event_id,
+                    letter.reason,
+                    letter.raw,
+                    timestamp(letter.received_at),
+                )
+                for letter in letters
+            ],
+        )
+
+    def _apply(self, delta: ProjectionDelta) -> None:
+        connection = self._connection
+        connection.executemany(
+            "INSERT INTO event_type_counts (type, count) VALUES (?, ?) "
+            "ON CONFLICT (type) DO UPDATE SET count = count + excluded.count",
+            delta.event_types.items(),
+        )
+        connection.executemany(
+            "INSERT INTO subscription_stats (subscription_id, jobs_created, last_matched_at) "
+            "VALUES (?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
+            "jobs_created = jobs_created + excluded.jobs_created, "
+            "last_matched_at = max(coalesce(last_matched_at, ''), excluded.last_matched_at)",
+            [
+                (key, activity.jobs_created, _optional_timestamp(activity.last_matched_at))
+                for key, activity in delta.subscriptions.items()
+            ],
+        )
+        connection.executemany(
+            "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
+            "jobs = jobs + excluded.jobs, "
+            "last_event_time = max(coalesce(last_event_time, ''), "
+            "coalesce(excluded.last_event_time, ''))",
+            [
+                (key, activity.events, activity.jobs, _optional_timestamp(activity.last_event_time))
+                for key, activity in delta.clients.items()
+            ],
+        )
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _delta(events: Sequence[Event], jobs: Sequence[DispatchJob]) -> ProjectionDelta:
+    delta = ProjectionDelta()
+    for event in events:
+        delta.add_event(event)
+    for job in jobs:
+        delta.add_job(job)
+    return delta
+
+
+def _optional_timestamp(moment: datetime | None) -> str | None:
+    return None if moment is None else timestamp(moment)
+
+
+def _job_row(job: DispatchJob) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.event_id,
+        job.subscription_id,
+        job.client_id,
+        job.status,
+        job.target,
+        job.pool_code,
+        timestamp(job.scheduled_at),
+        job.attempts,
+        _optional_timestamp(job.last_attempt_at),
+        job.last_error,
+        timestamp(job.created_at),
+    )
+
+
+def _subscription_document(row: sqlite3.Row) -> dict[str, Any]:
+    """A stored row as the subscription contract expects it; what cannot be
+    decoded is passed on as is, for validation to reject with a reason."""
+    document = {key: row[key] for key in row.keys() if key not in ("created_at", "updated_at")}  # noqa: SIM118
+    if document["active"] in (0, 1):
+        document["active"] = bool(document["active"])
+    if isinstance(document.get("filters"), str):
+        with suppress(ValueError):
+            document["filters"] = json.loads(document["filters"])
+    if document.get("filters") is None:
+        document.pop("filters", None)
+    return document

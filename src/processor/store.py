@@ -1,0 +1,87 @@
+"""What the processor loop needs of a store, and nothing more.
+
+A store hands out a change feed of raw event documents in commit order, the
+subscriptions that changed since it was last asked, and takes a processed
+batch back in one call. Where the resume token lives, and how the batch's jobs,
+dead letters, projections and token are made durable together, is the store's
+business: the loop only promises to call ``commit`` once per batch, in order,
+and never to move on before ``commit`` returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from processor.models import DeadLetter, DispatchJob, Event
+
+ResumeToken = str
+"""A position in a store's feed, as text a person can read (``redis-cli GET``)."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or refused a write for now; try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One inserted event, as the store holds it."""
+
+    position: str
+    document: dict[str, Any] | None  # None when the record could not be decoded
+    raw: Callable[[], str]  # the record as stored, as text; only a dead letter needs it
+    received_at: datetime
+    problem: str | None = None  # why ``document`` is None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    entries: list[FeedEntry]
+    resume_token: ResumeToken | None  # resume after this batch; may move on an empty one
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanges:
+    upserted: list[dict[str, Any]] = field(default_factory=list)  # current documents
+    removed: list[str] = field(default_factory=list)  # ids
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedBatch:
+    events: list[Event]  # the valid events of the batch
+    jobs: list[DispatchJob]
+    dead_letters: list[DeadLetter]
+    resume_token: ResumeToken | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitReport:
+    jobs_created: int
+    duplicates: int  # jobs that already existed: replayed events
+
+
+class ChangeFeed(Protocol):
+    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+        """At most ``max_events`` entries after the previous batch; waits up to
+        ``max_wait`` seconds for the first one, then returns what it has."""
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    def resume_token(self) -> ResumeToken | None:
+        """Where the last committed batch ended; None on a first start."""
+
+    def open_feed(self, resume_after: ResumeToken | None) -> ChangeFeed: ...
+
+    def subscription_changes(self) -> SubscriptionChanges:
+        """Every subscription on the first call, then what changed since the
+        previous call, including every change committed before this call."""
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        """Make the batch durable: jobs (a job that exists already is not an
+        error), dead letters, projections, and last the resume token."""
+
+    def close(self) -> None: ...
