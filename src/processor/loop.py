@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
-from processor.store import Batch, CommitReport, FeedEntry, ProcessedBatch, Store
+from processor.store import Batch, CommitReport, FeedEntry, ProcessedBatch, Store, SubscriptionChange
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class Processor:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.matcher = SubscriptionMatcher()
+        self._pending: deque[SubscriptionChange] = deque()  # changes for events not yet read
         self.stop_requested = threading.Event()
         self._clock = clock
 
@@ -82,13 +84,16 @@ class Processor:
 
     def process(self, batch: Batch) -> CommitReport:
         started = time.perf_counter()
-        # Read after the batch: every subscription committed before these events is seen.
-        self.matcher.apply(self._retry("load subscriptions", self.store.subscription_changes), self.metrics)
+        # Read after the batch: every subscription committed before its events is seen.
+        self._pending.extend(self._retry("load subscriptions", self.store.subscription_changes))
         now = self._clock()
         events: list[Event] = []
         jobs: list[DispatchJob] = []
         dead_letters: list[DeadLetter] = []
         for entry in batch.entries:
+            # Subscriptions as they stood when this event was inserted.
+            while self._pending and self._pending[0].effective_after < entry.order:
+                self.matcher.apply(self._pending.popleft(), self.metrics)
             try:
                 event = self._parse(entry)
                 matched = self.matcher.match(event)
@@ -118,12 +123,11 @@ class Processor:
         return parse_event(entry.document, entry.received_at)
 
     def _dead_letter(self, entry: FeedEntry, error: InvalidEvent) -> DeadLetter:
-        event_id = entry.document.get("id") if entry.document else None
         log.error("event at %s skipped and dead-lettered: %s", entry.position, error)
         self.metrics.events_dead_lettered.labels(error.kind).inc()
         return DeadLetter(
             position=entry.position,
-            event_id=event_id if isinstance(event_id, str) else None,
+            event_id=entry.event_id if isinstance(entry.event_id, str) else None,
             reason=str(error),
             raw=entry.raw(),
             received_at=entry.received_at,
@@ -172,8 +176,10 @@ class Processor:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(Exception),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.settings.backoff_initial, max=self.settings.backoff_max
+            # "Full jitter": a random wait up to the capped exponential, so that
+            # instances that failed together do not retry together.
+            wait=tenacity.wait_random_exponential(
+                multiplier=self.settings.backoff_initial, max=self.settings.backoff_max
             ),
             stop=tenacity.stop_when_event_set(self.stop_requested),
             sleep=self._pause,

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from fastmatch import PatternIndex
 from processor.metrics import Metrics
 from processor.models import Event, Subscription, describe
-from processor.store import SubscriptionChanges
+from processor.store import SubscriptionChange
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +28,20 @@ class SubscriptionMatcher:
         """Active subscriptions held."""
         return len(self._subscriptions)
 
-    def apply(self, changes: SubscriptionChanges, metrics: Metrics) -> None:
-        """Bring the matcher up to date; a stored subscription that breaks the
-        contract is skipped with an error log, and the others keep working."""
-        for document in changes.upserted:
-            try:
-                subscription = Subscription.model_validate(document)
-            except ValidationError as error:
-                log.error(
-                    "subscription %r skipped, it is invalid: %s",
-                    document.get("id"),
-                    describe(error),
-                )
-                metrics.subscriptions_invalid.inc()
-                if isinstance(document.get("id"), str):
-                    self.discard(document["id"])
-                continue
-            self.put(subscription)
-        for subscription_id in changes.removed:
-            self.discard(subscription_id)
+    def apply(self, change: SubscriptionChange, metrics: Metrics) -> None:
+        """Apply one write; a stored subscription that breaks the contract is
+        skipped with an error log (and dropped), and the others keep working."""
+        if change.document is None:
+            self.discard(change.subscription_id)
+            return
+        try:
+            subscription = Subscription.model_validate(change.document)
+        except ValidationError as error:
+            log.error("subscription %r skipped, it is invalid: %s", change.subscription_id, describe(error))
+            metrics.subscriptions_invalid.inc()
+            self.discard(change.subscription_id)
+            return
+        self.put(subscription)
 
     def put(self, subscription: Subscription) -> None:
         """Add, replace or (when inactive) drop a subscription."""

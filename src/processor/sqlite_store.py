@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,7 @@ from processor.store import (
     ProcessedBatch,
     ResumeToken,
     StoreUnavailable,
-    SubscriptionChanges,
+    SubscriptionChange,
 )
 
 RESUME_KEY = "stream-processor"
@@ -69,21 +69,30 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 );
 CREATE INDEX IF NOT EXISTS subscriptions_client_active ON subscriptions (client_id, active);
 
--- Every write to subscriptions, however made, leaves its id here: the processor
--- reads this log to stay current without reloading everything.
+-- Every write to subscriptions, however made, is logged here with the row as it
+-- became (NULL once deleted) and the last event committed before it: the change
+-- applies to later events only, so events are matched against the subscriptions
+-- of the moment they were inserted, whatever the processor's lag.
 CREATE TABLE IF NOT EXISTS subscription_changes (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    subscription_id TEXT NOT NULL
+    subscription_id TEXT NOT NULL,
+    events_seq      INTEGER NOT NULL,
+    document        TEXT
 );
+CREATE INDEX IF NOT EXISTS subscription_changes_events_seq ON subscription_changes (events_seq);
 CREATE TRIGGER IF NOT EXISTS subscriptions_inserted AFTER INSERT ON subscriptions BEGIN
-    INSERT INTO subscription_changes (subscription_id) VALUES (NEW.id);
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (NEW.id, (SELECT coalesce(max(seq), 0) FROM events), SUBSCRIPTION_DOCUMENT);
 END;
 CREATE TRIGGER IF NOT EXISTS subscriptions_updated AFTER UPDATE ON subscriptions BEGIN
-    INSERT INTO subscription_changes (subscription_id) VALUES (OLD.id);
-    INSERT INTO subscription_changes (subscription_id) SELECT NEW.id WHERE NEW.id IS NOT OLD.id;
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    SELECT OLD.id, (SELECT coalesce(max(seq), 0) FROM events), NULL WHERE NEW.id IS NOT OLD.id;
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (NEW.id, (SELECT coalesce(max(seq), 0) FROM events), SUBSCRIPTION_DOCUMENT);
 END;
 CREATE TRIGGER IF NOT EXISTS subscriptions_deleted AFTER DELETE ON subscriptions BEGIN
-    INSERT INTO subscription_changes (subscription_id) VALUES (OLD.id);
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (OLD.id, (SELECT coalesce(max(seq), 0) FROM events), NULL);
 END;
 
 CREATE TABLE IF NOT EXISTS dispatch_jobs (
@@ -137,6 +146,29 @@ CREATE TABLE IF NOT EXISTS resume_tokens (
     updated_at TEXT NOT NULL
 );
 """
+
+SUBSCRIPTION_COLUMNS = (
+    "id",
+    "client_id",
+    "name",
+    "event_type_pattern",
+    "target",
+    "pool_code",
+    "active",
+    "filters",
+)
+# The row as JSON; filters that are JSON text are embedded as JSON, anything else as it is.
+SCHEMA = SCHEMA.replace(
+    "SUBSCRIPTION_DOCUMENT",
+    "json_object("
+    + ", ".join(
+        f"'{c}', CASE WHEN json_valid(NEW.{c}) THEN json(NEW.{c}) ELSE NEW.{c} END"
+        if c == "filters"
+        else f"'{c}', NEW.{c}"
+        for c in SUBSCRIPTION_COLUMNS
+    )
+    + ")",
+)
 
 EVENT_COLUMNS = (
     "id",
@@ -222,11 +254,11 @@ def _decode(row: sqlite3.Row) -> FeedEntry:
                 document[column] = json.loads(document[column])
             except ValueError as error:
                 problem = f"{column}: not valid JSON ({error})"
-                return FeedEntry(str(row["seq"]), None, raw, received_at, problem)
+                return FeedEntry(row["seq"], str(row["seq"]), row["id"], None, raw, received_at, problem)
         elif column in document:
             problem = f"{column}: must be JSON text, got {type(document[column]).__name__}"
-            return FeedEntry(str(row["seq"]), None, raw, received_at, problem)
-    return FeedEntry(str(row["seq"]), document, raw, received_at)
+            return FeedEntry(row["seq"], str(row["seq"]), row["id"], None, raw, received_at, problem)
+    return FeedEntry(row["seq"], str(row["seq"]), row["id"], document, raw, received_at)
 
 
 class SqliteFeed:
@@ -280,7 +312,8 @@ class SqliteStore:
         self.path = Path(path)
         self._connection = connect(path)
         self._resume_key = resume_key
-        self._subscriptions_seen = -1  # last subscription_changes.seq applied; -1: none yet
+        self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
+        self._feed_start = 0
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
 
     def resume_token(self) -> ResumeToken | None:
@@ -297,7 +330,8 @@ class SqliteStore:
                 row = self._connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
                 resume_after = str(row[0])
                 self._save_token(resume_after)
-        return SqliteFeed(self._connection, int(resume_after), self.wakeup)
+        self._feed_start = int(resume_after)
+        return SqliteFeed(self._connection, self._feed_start, self.wakeup)
 
     def _save_token(self, token: ResumeToken) -> None:
         self._connection.execute(
@@ -306,37 +340,40 @@ class SqliteStore:
             (self._resume_key, token, timestamp(datetime.now(UTC))),
         )
 
-    def subscription_changes(self) -> SubscriptionChanges:
+    def subscription_changes(self) -> list[SubscriptionChange]:
         with transaction(self._connection, immediate=False):
-            return self._subscription_changes()
-
-    def _subscription_changes(self) -> SubscriptionChanges:
-        connection = self._connection
-        last = int(connection.execute("SELECT coalesce(max(seq), 0) FROM subscription_changes").fetchone()[0])
-        if last == self._subscriptions_seen:
-            return SubscriptionChanges()
-        if self._subscriptions_seen < 0:
-            rows = connection.execute("SELECT * FROM subscriptions").fetchall()
-            changes = SubscriptionChanges(upserted=[_subscription_document(row) for row in rows])
-        else:
-            ids = [
-                row[0]
-                for row in connection.execute(
-                    "SELECT DISTINCT subscription_id FROM subscription_changes WHERE seq > ? AND seq <= ?",
-                    (self._subscriptions_seen, last),
+            if self._subscriptions_seen < 0:
+                changes = self._subscriptions_at(self._feed_start)
+            else:
+                changes = self._changes(
+                    "SELECT * FROM subscription_changes WHERE seq > ? ORDER BY seq", self._subscriptions_seen
                 )
-            ]
-            found = {
-                row["id"]: _subscription_document(row)
-                for row in connection.execute(
-                    f"SELECT * FROM subscriptions WHERE id IN ({', '.join('?' * len(ids))})", ids
-                )
-            }
-            changes = SubscriptionChanges(
-                upserted=list(found.values()), removed=[i for i in ids if i not in found]
-            )
-        self._subscriptions_seen = last
+            last = self._connection.execute("SELECT coalesce(max(seq), 0) FROM subscription_changes")
+            self._subscriptions_seen = int(last.fetchone()[0])
         return changes
+
+    def _subscriptions_at(self, events_seq: int) -> list[SubscriptionChange]:
+        """Each subscription as the events after ``events_seq`` see it, then the
+        changes that come later."""
+        current = self._changes(
+            "SELECT * FROM subscription_changes WHERE seq IN (SELECT max(seq) FROM subscription_changes "
+            "WHERE events_seq <= ? GROUP BY subscription_id) ORDER BY seq",
+            events_seq,
+        )
+        later = self._changes(
+            "SELECT * FROM subscription_changes WHERE events_seq > ? ORDER BY seq", events_seq
+        )
+        return [SubscriptionChange(c.subscription_id, c.document, -1) for c in current] + later
+
+    def _changes(self, query: str, parameter: int) -> list[SubscriptionChange]:
+        return [
+            SubscriptionChange(
+                row["subscription_id"],
+                None if row["document"] is None else _subscription_document(json.loads(row["document"])),
+                row["events_seq"],
+            )
+            for row in self._connection.execute(query, (parameter,))
+        ]
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         with transaction(self._connection):
@@ -441,15 +478,11 @@ def _job_row(job: DispatchJob) -> tuple[Any, ...]:
     )
 
 
-def _subscription_document(row: sqlite3.Row) -> dict[str, Any]:
-    """A stored row as the subscription contract expects it; what cannot be
-    decoded is passed on as is, for validation to reject with a reason."""
-    document = {key: row[key] for key in row.keys() if key not in ("created_at", "updated_at")}  # noqa: SIM118
-    if document["active"] in (0, 1):
+def _subscription_document(document: dict[str, Any]) -> dict[str, Any]:
+    """A logged row as the subscription contract expects it; what cannot be
+    converted is passed on as is, for validation to reject with a reason."""
+    if document.get("active") in (0, 1):
         document["active"] = bool(document["active"])
-    if isinstance(document.get("filters"), str):
-        with suppress(ValueError):
-            document["filters"] = json.loads(document["filters"])
     if document.get("filters") is None:
         document.pop("filters", None)
     return document

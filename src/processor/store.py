@@ -11,7 +11,7 @@ and never to move on before ``commit`` returned.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -29,7 +29,9 @@ class StoreUnavailable(Exception):
 class FeedEntry:
     """One inserted event, as the store holds it."""
 
+    order: int  # grows in commit order; compared with SubscriptionChange.effective_after
     position: str
+    event_id: str | None  # when the store could tell, even of an undecodable record
     document: dict[str, Any] | None  # None when the record could not be decoded
     raw: Callable[[], str]  # the record as stored, as text; only a dead letter needs it
     received_at: datetime
@@ -43,9 +45,18 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class SubscriptionChanges:
-    upserted: list[dict[str, Any]] = field(default_factory=list)  # current documents
-    removed: list[str] = field(default_factory=list)  # ids
+class SubscriptionChange:
+    """A subscription as one write left it, and from which event on it applies.
+
+    It applies to the events whose ``FeedEntry.order`` is greater than
+    ``effective_after``: those inserted after the write committed. So an event
+    is matched against the subscriptions as they were when it was inserted,
+    however far behind the processor runs.
+    """
+
+    subscription_id: str
+    document: dict[str, Any] | None  # None: deleted
+    effective_after: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +87,10 @@ class Store(Protocol):
 
     def open_feed(self, resume_after: ResumeToken | None) -> ChangeFeed: ...
 
-    def subscription_changes(self) -> SubscriptionChanges:
-        """Every subscription on the first call, then what changed since the
-        previous call, including every change committed before this call."""
+    def subscription_changes(self) -> list[SubscriptionChange]:
+        """In commit order: on the first call every subscription as it stood at
+        the feed's start, then each change since; every change committed before
+        the call is in it."""
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         """Make the batch durable: jobs (a job that exists already is not an

@@ -1,0 +1,100 @@
+"""Configuration of ``fc-stream-processor`` from the environment, with the spec's
+names and defaults. Parsed by pydantic-settings; a bad value fails at start
+with one line naming the variable."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical")
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message is one line for the operator."""
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FC_", case_sensitive=False, extra="ignore")
+
+    mongo_url: str = "mongodb://localhost:27017"
+    mongo_db: Annotated[str, Field(min_length=1)] = "flowcatalyst"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9090
+    stream_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    stream_resume_token_key: Annotated[str, Field(min_length=1)] = "stream-processor"
+    redis_url: str | None = None
+    log_level: str | None = None  # FC_LOG_LEVEL; RUST_LOG is read when it is unset
+
+    standby_enabled: bool = False
+    standby_redis_url: str | None = None
+    standby_lock_key: Annotated[str, Field(min_length=1)] = "stream-processor-lock"
+    standby_instance_id: Annotated[str, Field(min_length=1)] = Field(default_factory=default_instance_id)
+    standby_lock_ttl_ms: Annotated[int, Field(ge=1000)] = 10_000
+    standby_renew_interval_ms: Annotated[int, Field(ge=100)] = 3_000
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("mongodb", "mongodb+srv", "sqlite"):
+            raise ValueError("must be a mongodb://, mongodb+srv:// or sqlite:///path URL")
+        return url
+
+    @field_validator("redis_url", "standby_redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
+
+    @property
+    def embedded_path(self) -> str | None:
+        """The SQLite file when ``FC_MONGO_URL`` names the embedded store."""
+        parts = urlsplit(self.mongo_url)
+        return parts.path if parts.scheme == "sqlite" else None
+
+    def level(self) -> int:
+        """``FC_LOG_LEVEL``, else the default level of ``RUST_LOG`` (``info``,
+        ``warn,fc_stream=debug``...), so existing deployment manifests keep working."""
+        text = self.log_level or default_level(os.environ.get("RUST_LOG", "")) or "info"
+        name = text.lower()
+        if name not in LOG_LEVELS:
+            raise ConfigError(f"FC_LOG_LEVEL / RUST_LOG: unknown level {text!r}; use one of {LOG_LEVELS}")
+        return {"trace": logging.DEBUG, "warn": logging.WARNING}.get(name) or logging.getLevelName(
+            name.upper()
+        )
+
+
+def default_level(rust_log: str) -> str | None:
+    """The bare level of a RUST_LOG directive list, ignoring per-module ones."""
+    bare = [part.strip() for part in rust_log.split(",") if part.strip() and "=" not in part]
+    return bare[-1] if bare else None
+
+
+def load() -> Config:
+    try:
+        return Config()
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors(include_url=False, include_input=False):
+            variable = "FC_" + "_".join(str(part) for part in detail["loc"]).upper()
+            problems.append(f"{variable}: {detail['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+_CREDENTIALS = re.compile(r"(?<=//)([^/@:]*):[^/@]*@")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password masked, fit for a log line (multi-host URLs too)."""
+    return _CREDENTIALS.sub(r"\1:***@", url)

@@ -1,0 +1,107 @@
+"""A processor on a real SQLite file, and the SQL a publisher would write."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from processor.loop import Processor, Settings
+from processor.sqlite_store import connect
+from processor.store import Store
+
+FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.01)
+
+
+class Publisher:
+    """Writes to the store as other processes would: plain SQL."""
+
+    def __init__(self, path: Path) -> None:
+        self.sql = connect(path)
+
+    def subscribe(
+        self,
+        id: str,
+        pattern: str,
+        client_id: str = "acme",
+        *,
+        active: bool = True,
+        filters: dict[str, Any] | None = None,
+        target: str = "https://hooks.example.com/in",
+    ) -> str:
+        self.sql.execute(
+            "INSERT INTO subscriptions (id, client_id, name, event_type_pattern, target, pool_code, "
+            "active, filters) VALUES (?, ?, ?, ?, ?, 'default', ?, ?)",
+            (id, client_id, f"subscription {id}", pattern, target, int(active), _json(filters)),
+        )
+        return id
+
+    def publish(self, type: Any, client_id: Any = "acme", data: Any = None, **columns: Any) -> str:
+        """Insert one event; ``data`` and ``metadata`` are encoded as JSON unless
+        given as ``str`` (so a test can store text that is not JSON)."""
+        values = {"type": type, "client_id": client_id, "data": _json(data), **columns}
+        if "metadata" in values and not isinstance(values["metadata"], str):
+            values["metadata"] = _json(values["metadata"])
+        names = ", ".join(values)
+        row = self.sql.execute(
+            f"INSERT INTO events ({names}) VALUES ({', '.join('?' * len(values))}) RETURNING id",
+            tuple(values.values()),
+        ).fetchone()
+        return str(row[0])
+
+    def max_seq(self) -> int:
+        return int(self.sql.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+    def jobs(self) -> set[tuple[str, str]]:
+        return {(r[0], r[1]) for r in self.sql.execute("SELECT event_id, subscription_id FROM dispatch_jobs")}
+
+    def job_count(self) -> int:
+        return int(self.sql.execute("SELECT count(*) FROM dispatch_jobs").fetchone()[0])
+
+    def token(self) -> str | None:
+        row = self.sql.execute("SELECT token FROM resume_tokens").fetchone()
+        return None if row is None else str(row[0])
+
+    def dead_letters(self) -> dict[str, str]:
+        """event id (or position when the id is unknown) -> reason"""
+        return {
+            r["event_id"] or r["position"]: r["reason"]
+            for r in self.sql.execute("SELECT event_id, position, reason FROM dead_letters")
+        }
+
+    def caught_up(self) -> bool:
+        return self.token() == str(self.max_seq())
+
+
+def _json(value: Any) -> str | None:
+    return value if isinstance(value, str) or value is None else json.dumps(value)
+
+
+class Running:
+    """A processor thread on ``store``; started, it has opened its feed."""
+
+    def __init__(self, store: Store, publisher: Publisher, settings: Settings = FAST) -> None:
+        self.processor = Processor(store, settings)
+        self.publisher = publisher
+        self._thread = threading.Thread(target=self.processor.run, daemon=True)
+
+    def __enter__(self) -> Processor:
+        self._thread.start()
+        wait_until(lambda: self.publisher.token() is not None, message="the feed to open")
+        return self.processor
+
+    def __exit__(self, *exc: object) -> None:
+        self.processor.stop()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the processor did not stop"

@@ -1,0 +1,257 @@
+"""The processor loop on the real embedded store: matching, freshness of
+subscriptions, dead letters, retries and replays."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from processor.jobs import job_id
+from processor.sqlite_store import SqliteStore, connect
+from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
+from tests.processor.harness import Publisher, Running, wait_until
+
+SHIPPED = "orders:fulfillment:shipment:shipped"
+
+
+def test_each_event_gets_one_job_per_matching_subscription(store: SqliteStore, publisher: Publisher) -> None:
+    publisher.subscribe("exact", SHIPPED)
+    publisher.subscribe("any-order", "orders:*:*:*")
+    publisher.subscribe("any-action", "orders:fulfillment:shipment:*")
+    publisher.subscribe("left", "*:*:*:shipped")
+    publisher.subscribe("everything", "*:*:*:*")
+    publisher.subscribe("other-client", "*:*:*:*", client_id="globex")
+    publisher.subscribe("inactive", "*:*:*:*", active=False)
+    publisher.subscribe("inventory", "inventory:*:*:*")
+    with Running(store, publisher):
+        shipped = publisher.publish(SHIPPED)
+        packed = publisher.publish("orders:fulfillment:shipment:packed")
+        billed = publisher.publish("billing:invoice:line:shipped")
+        other = publisher.publish(SHIPPED, client_id="globex")
+        nobody = publisher.publish(SHIPPED, client_id="initech")
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {
+        (shipped, "exact"),
+        (shipped, "any-order"),
+        (shipped, "any-action"),
+        (shipped, "left"),
+        (shipped, "everything"),
+        (packed, "any-order"),
+        (packed, "any-action"),
+        (packed, "everything"),
+        (billed, "left"),
+        (billed, "everything"),
+        (other, "other-client"),
+    }
+    assert nobody not in {event for event, _ in publisher.jobs()}
+
+
+def test_job_documents_carry_the_spec_fields(store: SqliteStore, publisher: Publisher) -> None:
+    publisher.subscribe("sub", "orders:*:*:*", target="https://hooks.example.com/orders")
+    with Running(store, publisher):
+        event = publisher.publish(SHIPPED)
+        wait_until(publisher.caught_up)
+    row = publisher.sql.execute("SELECT * FROM dispatch_jobs").fetchone()
+    assert row["id"] == job_id(event, "sub")
+    assert (row["event_id"], row["subscription_id"], row["client_id"]) == (event, "sub", "acme")
+    assert (row["status"], row["attempts"], row["last_attempt_at"], row["last_error"]) == (
+        "PENDING",
+        0,
+        None,
+        None,
+    )
+    assert (row["target"], row["pool_code"]) == ("https://hooks.example.com/orders", "default")
+    assert row["scheduled_at"] == row["created_at"]
+
+
+def test_a_subscription_committed_before_an_event_always_applies(
+    store: SqliteStore, publisher: Publisher
+) -> None:
+    with Running(store, publisher):
+        expected = set()
+        for n in range(150):
+            subscription = publisher.subscribe(f"sub-{n}", f"orders:batch{n}:*:*")
+            expected.add((publisher.publish(f"orders:batch{n}:item:created"), subscription))
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == expected
+
+
+def test_changes_to_subscriptions_apply_to_later_events(store: SqliteStore, publisher: Publisher) -> None:
+    publisher.subscribe("sub", "orders:*:*:*")
+    with Running(store, publisher):
+        first = publisher.publish(SHIPPED)
+        publisher.sql.execute(
+            "UPDATE subscriptions SET event_type_pattern = 'billing:*:*:*' WHERE id = 'sub'"
+        )
+        second = publisher.publish(SHIPPED)
+        third = publisher.publish("billing:invoice:line:added")
+        publisher.sql.execute("UPDATE subscriptions SET active = 0 WHERE id = 'sub'")
+        fourth = publisher.publish("billing:invoice:line:added")
+        publisher.sql.execute("UPDATE subscriptions SET active = 1 WHERE id = 'sub'")
+        fifth = publisher.publish("billing:invoice:line:added")
+        publisher.sql.execute("DELETE FROM subscriptions WHERE id = 'sub'")
+        sixth = publisher.publish("billing:invoice:line:added")
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {(first, "sub"), (third, "sub"), (fifth, "sub")}
+    assert {second, fourth, sixth}.isdisjoint(event for event, _ in publisher.jobs())
+
+
+def test_invalid_subscriptions_in_the_store_are_skipped_and_the_rest_work(
+    store: SqliteStore, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher.subscribe("good", "orders:*:*:*")
+    publisher.subscribe("bad-pattern", "orders:ship*:*:*")
+    publisher.subscribe("bad-filter", "orders:*:*:*", filters={"payload": ["$.items[?@.qty >"]})
+    publisher.subscribe("bad-target", "orders:*:*:*", target="ftp://nowhere")
+    publisher.sql.execute("UPDATE subscriptions SET filters = '{not json' WHERE id = 'bad-target'")
+    with caplog.at_level(logging.ERROR, logger="processor.matching"), Running(store, publisher):
+        event = publisher.publish(SHIPPED)
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {(event, "good")}
+    logged = caplog.text
+    assert "'bad-pattern' skipped" in logged and "event_type_pattern" in logged and "ship*" in logged
+    assert "'bad-filter' skipped" in logged and "filters.payload.0" in logged
+    assert "'bad-target' skipped" in logged and "filters" in logged
+
+
+def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
+    store: SqliteStore, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    with Running(store, publisher):
+        before = publisher.publish(SHIPPED)
+        bad = {
+            publisher.publish("orders:shipped"): "type",
+            publisher.publish(SHIPPED, client_id=None): "client_id",
+            publisher.publish(12, client_id="acme"): "type",
+            publisher.publish(SHIPPED, data="{not json"): "data: not valid JSON",
+            publisher.publish(SHIPPED, metadata="[1, 2]"): "metadata",
+            publisher.publish(SHIPPED, time="yesterday-ish"): "time",
+            publisher.publish(SHIPPED, client_id=b"\xff"): "client_id",
+        }
+        after = publisher.publish(SHIPPED)
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {(before, "all"), (after, "all")}
+    letters = publisher.dead_letters()
+    assert set(letters) == set(bad)
+    for event, field in bad.items():
+        assert letters[event].startswith(field), (event, letters[event])
+    raw = publisher.sql.execute("SELECT raw FROM dead_letters WHERE reason LIKE 'data:%'").fetchone()[0]
+    assert '"data": "{not json"' in raw, "the raw document is kept whole"
+
+
+class FlakyStore(SqliteStore):
+    """Fails the first commits, as a store that is briefly unreachable does."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.tokens_seen_while_failing: list[str | None] = []
+        self.publisher = Publisher(path)
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        if self.failures:
+            self.failures -= 1
+            self.tokens_seen_while_failing.append(self.publisher.token())
+            raise StoreUnavailable("injected failure")
+        return super().commit(batch)
+
+
+def test_a_failing_write_is_retried_and_the_token_waits_for_it(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    store = FlakyStore(db, failures=0)
+    with Running(store, publisher) as processor:
+        start = publisher.token()
+        store.failures = 4
+        events = {publisher.publish(SHIPPED) for _ in range(5)}
+        wait_until(publisher.caught_up)
+    assert store.tokens_seen_while_failing == [start] * 4, "the token never moved past unwritten work"
+    assert publisher.jobs() == {(event, "all") for event in events}
+    errors = processor.metrics.store_errors.labels("commit")._value.get()
+    assert errors == 4
+
+
+class LockedStore(SqliteStore):
+    """Another writer holds the database when the first commit comes, for a while."""
+
+    def __init__(self, path: Path, hold: float) -> None:
+        super().__init__(path)
+        self.locker: sqlite3.Connection | None = connect(path)
+        self.hold = hold
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        if self.locker is not None and batch.events:
+            locker, self.locker = self.locker, None
+            locker.execute("BEGIN EXCLUSIVE")
+            threading.Timer(self.hold, locker.execute, ("COMMIT",)).start()
+        return super().commit(batch)
+
+
+def test_a_locked_store_is_waited_out_with_backoff(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    store = LockedStore(db, hold=2.5)
+    with Running(store, publisher) as processor:
+        start = publisher.token()
+        events = {publisher.publish(SHIPPED) for _ in range(20)}
+        wait_until(
+            lambda: processor.metrics.store_errors.labels("commit")._value.get() >= 1, message="a retry"
+        )
+        assert publisher.token() == start, "nothing moved while the store was locked"
+        assert not processor.health.report().connected
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {(event, "all") for event in events}
+    assert processor.health.report().connected
+
+
+def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("a", "orders:*:*:*")
+    publisher.subscribe("b", "*:*:*:shipped")
+    store = SqliteStore(db)
+    with Running(store, publisher):
+        events = [publisher.publish(SHIPPED) for _ in range(30)]
+        wait_until(publisher.caught_up)
+    store.close()
+    jobs = publisher.jobs()
+    assert len(jobs) == 60
+    publisher.sql.execute("UPDATE resume_tokens SET token = '0'")  # replay everything
+    replay = SqliteStore(db)
+    with Running(replay, publisher) as processor:
+        wait_until(publisher.caught_up)
+    replay.close()
+    assert publisher.jobs() == jobs
+    assert publisher.job_count() == 60
+    assert processor.metrics.duplicate_jobs._value.get() == 60
+    assert processor.metrics.jobs_created._value.get() == 0
+    assert {event for event, _ in jobs} == set(events)
+
+
+def test_a_first_start_begins_at_the_current_point_and_keeps_it(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    publisher.publish(SHIPPED)  # before the first start: not this processor's to handle
+    store = SqliteStore(db)
+    feed = store.open_feed(store.resume_token())
+    assert publisher.token() == "1", "the starting point is saved before any batch"
+    later = publisher.publish(SHIPPED)
+    batch = feed.next_batch(10, 1.0)
+    assert [entry.document["id"] for entry in batch.entries if entry.document] == [later]
+    store.close()
+
+
+def test_an_idle_feed_waits_without_spinning(store: SqliteStore, publisher: Publisher) -> None:
+    feed = store.open_feed(store.resume_token())
+    reads = 0
+    real_read = feed._read
+
+    def counting_read(max_events: int) -> list[sqlite3.Row]:
+        nonlocal reads
+        reads += 1
+        return real_read(max_events)
+
+    feed._read = counting_read  # type: ignore[method-assign]
+    batch = feed.next_batch(10, 0.5)
+    assert batch.entries == []
+    assert reads <= 3, f"an idle half second took {reads} queries"
