@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, always_allow_keywords=False
+# cython: initializedcheck=False
 """The compiled segment trie.
 
 Every node of the trie is an entry of one open-addressing hash table, keyed by
@@ -249,7 +249,6 @@ cdef void delete(Table* table, Entry* entry) noexcept:
     cdef uint64_t i = <uint64_t>(entry - table.slots), j = i, home
     if entry.length > INLINE:
         free((<char**>entry.text)[0])
-    Py_XDECREF(entry.keys)
     while True:
         j = (j + 1) & mask
         if table.slots[j].id == 0:
@@ -303,6 +302,15 @@ cdef inline void release(Cached cached) noexcept:
     Py_XDECREF(cached.keys)
 
 
+cdef inline str exact_str(object text):
+    """``text`` as a plain ``str`` (a subclass could hash and compare its own way), or None."""
+    if type(text) is str:
+        return <str>text
+    if isinstance(text, str):
+        return str.__str__(text)
+    return None
+
+
 cdef class PatternIndex:
     """Event-type patterns mapped to keys, matched by a compiled segment trie."""
 
@@ -310,7 +318,7 @@ cdef class PatternIndex:
     cdef Entry _root            # never in the table; only its child counts are used
     cdef uint64_t _next_id
     cdef Py_ssize_t _entries
-    cdef dict _leaf_keys        # leaf id -> dict of its keys, in insertion order
+    cdef dict _leaf_keys        # pattern -> dict of its keys, in insertion order
     cdef Cached* _cache         # sets of two ways, the newer result first
     cdef uint64_t _cache_mask   # sets - 1, or no cache when _cache is NULL
     cdef Py_ssize_t _cached
@@ -359,15 +367,27 @@ cdef class PatternIndex:
         return find(&self._table, child_hash(node.hash, segs.hash[level]), node.id,
                     segs.data + segs.start[level], segs.length[level])
 
+    # A key's own __hash__ and __eq__ may run any code, even code that changes
+    # this index and so moves its entries: add and remove run them before they
+    # hold any entry, and release objects only after they are done with entries.
+
     def add(self, pattern, key):
         """Map ``pattern`` to ``key``; adding a pair that is already there changes nothing."""
         cdef Segments segs
         cdef Entry* node = &self._root
         cdef Entry* child
+        cdef PyObject* old = NULL
         cdef int level
-        if not isinstance(pattern, str) or not split(pattern, &segs, True):
+        text = exact_str(pattern)
+        if text is None or not split(text, &segs, True):
             raise explain(pattern, what="pattern")
-        hash(key)  # an unhashable key must fail before the trie changes
+        keys = self._leaf_keys.get(text)
+        if keys is None:
+            keys = {}
+        elif key in keys:
+            return
+        keys[key] = None  # an unhashable key fails here, before the trie changes
+        self._leaf_keys[text] = keys
         for level in range(LEVELS):
             child = self._child(node, &segs, level)
             if child == NULL:
@@ -381,14 +401,9 @@ cdef class PatternIndex:
                                segs.data + segs.start[level], segs.length[level])
                 self._next_id += 1
             node = child
-        keys = self._leaf_keys.get(node.id)
-        if keys is None:
-            keys = self._leaf_keys[node.id] = {}
-        elif key in keys:
-            return
-        keys[key] = None
-        self._set_keys(node, keys)
+        self._set_keys(node, keys, &old)
         self._entries += 1
+        Py_XDECREF(old)
         self._clear_cache()
 
     def remove(self, pattern, key):
@@ -396,29 +411,26 @@ cdef class PatternIndex:
         cdef Segments segs
         cdef Entry* node = &self._root
         cdef Entry* parent
+        cdef PyObject* old = NULL
         cdef uint64_t path[LEVELS + 1]  # path hashes and ids: entries move as others are deleted
         cdef uint64_t ids[LEVELS + 1]
         cdef int level
-        if not isinstance(pattern, str) or not split(pattern, &segs, True):
+        text = exact_str(pattern)
+        if text is None or not split(text, &segs, True):
             raise explain(pattern, what="pattern")
+        keys = self._leaf_keys.get(text)
+        if keys is None or key not in keys:
+            raise KeyError((pattern, key))
+        del keys[key]
+        if not keys:
+            del self._leaf_keys[text]
         path[0] = node.hash
         ids[0] = 0
         for level in range(LEVELS):
             node = self._child(node, &segs, level)
-            if node == NULL:
-                raise KeyError((pattern, key))
             path[level + 1] = node.hash
             ids[level + 1] = node.id
-        keys = self._leaf_keys.get(node.id)
-        if keys is None or key not in keys:
-            raise KeyError((pattern, key))
-        del keys[key]
-        self._entries -= 1
-        self._clear_cache()
-        self._set_keys(node, keys)
-        if keys:
-            return
-        del self._leaf_keys[node.id]
+        self._set_keys(node, keys, &old)
         # Prune the branch bottom-up while it holds nothing.
         for level in range(LEVELS, 0, -1):
             node = self._locate(path[level], ids[level])
@@ -430,6 +442,9 @@ cdef class PatternIndex:
                 parent.star = 0
             else:
                 parent.literals -= 1
+        self._entries -= 1
+        Py_XDECREF(old)
+        self._clear_cache()
 
     cdef Entry* _locate(self, uint64_t h, uint64_t id) noexcept:
         if id == 0:
@@ -439,22 +454,22 @@ cdef class PatternIndex:
             i = (i + 1) & self._table.mask
         return &self._table.slots[i]
 
-    cdef void _set_keys(self, Entry* leaf, dict keys) except *:
-        """Hold a lone key as itself, which saves a match one memory access, else a tuple."""
-        cdef PyObject* old = leaf.keys
+    cdef void _set_keys(self, Entry* leaf, dict keys, PyObject** old) except *:
+        """Hold a lone key as itself, which saves a match one memory access, else a
+        tuple; the previous holding goes to ``old``, for the caller to release."""
+        old[0] = leaf.keys
         leaf.keys = NULL
         if keys:
             held = next(iter(keys)) if len(keys) == 1 else tuple(keys)
             Py_INCREF(held)
             leaf.keys = <PyObject*>held
         leaf.count = <uint32_t>len(keys)
-        Py_XDECREF(old)
 
-    def match(self, event_type):
+    def match(self, event_type, /):
         """The keys of every pattern that matches ``event_type``, each key once."""
         return self._match(event_type)
 
-    def match_many(self, event_types):
+    def match_many(self, event_types, /):
         """``match`` for each event type of a batch, in one call."""
         return [self._match(event_type) for event_type in event_types]
 
@@ -506,9 +521,11 @@ cdef class PatternIndex:
             keys = frontier[0].keys
             held = frontier[0].count
         elif count > 1:
+            # Copy out first: merging runs the keys' own __hash__, which may change the trie.
+            parts = [keys_list(frontier[i].keys, frontier[i].count) for i in range(count)]
             merged = {}
-            for i in range(count):
-                for key in keys_list(frontier[i].keys, frontier[i].count):
+            for part in parts:
+                for key in part:
                     merged[key] = None
             union = tuple(merged)
             keys = <PyObject*>union

@@ -93,7 +93,7 @@ class PatternIndex(Generic[K]):
             else:
                 del path[level - 1].children[segments[level - 1]]
 
-    def match(self, event_type: str) -> list[K]:
+    def match(self, event_type: str, /) -> list[K]:
         """The keys of every pattern that matches ``event_type``, each key once."""
         if self._cache_size and isinstance(event_type, str):
             hit = self._cache.get(event_type)
@@ -124,7 +124,7 @@ class PatternIndex(Generic[K]):
             self._remember(event_type, keys)
         return list(keys)
 
-    def match_many(self, event_types: Iterable[str]) -> list[list[K]]:
+    def match_many(self, event_types: Iterable[str], /) -> list[list[K]]:
         """``match`` for each event type of a batch, in one call."""
         return [self.match(event_type) for event_type in event_types]
 
