@@ -6,12 +6,22 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
+
+import redis
+from pymongo import MongoClient
 
 from processor.config import Config, ConfigError, load, redact
-from processor.loop import Processor, Settings
+from processor.indexes import ensure_indexes
+from processor.leader import LeaderLock, epoch_key, lead
+from processor.loop import Processor, Settings, Stopped
+from processor.metrics import Metrics
+from processor.mongo_store import MongoStore
+from processor.resume import MemoryTokenStore, RedisTokenStore, TokenStore
 from processor.sqlite_store import SqliteStore
-from processor.store import Store
+from processor.store import Store, StoreMisconfigured
 
 log = logging.getLogger("processor")
 
@@ -35,10 +45,46 @@ environment:
 """
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, metrics: Metrics) -> tuple[Store, Callable[[], object] | None]:
+    """The store ``FC_MONGO_URL`` names, and what must run before processing starts."""
     if config.embedded_path is not None:
-        return SqliteStore(config.embedded_path, resume_key=config.stream_resume_token_key)
-    raise ConfigError(f"FC_MONGO_URL: {redact(config.mongo_url)} is not supported by this build")
+        return SqliteStore(config.embedded_path, resume_key=config.stream_resume_token_key), None
+    client: MongoClient[dict[str, Any]] = MongoClient(config.mongo_url, tz_aware=True, connect=False)
+    database = client[config.mongo_db]
+    tokens: TokenStore
+    if config.redis_url is None:
+        tokens = MemoryTokenStore()
+    else:
+        # With the lock on the same Redis, a token write is refused as soon as a newer
+        # leader acquired the lock, not only once it saved a token of its own.
+        shared = config.standby_enabled and lock_url(config) == config.redis_url
+        tokens = RedisTokenStore(
+            redis.Redis.from_url(config.redis_url),
+            config.stream_resume_token_key,
+            instance=config.standby_instance_id,
+            epoch_key=epoch_key(config.standby_lock_key) if shared else None,
+        )
+    return MongoStore(database, tokens, metrics), lambda: ensure_indexes(database)
+
+
+def lock_url(config: Config) -> str | None:
+    return config.standby_redis_url or config.redis_url
+
+
+def leader_lock(config: Config) -> LeaderLock:
+    url = lock_url(config)
+    if url is None:
+        raise ConfigError("FC_STANDBY_REDIS_URL: required when FC_STANDBY_ENABLED is true")
+    try:
+        return LeaderLock(
+            redis.Redis.from_url(url, socket_timeout=config.standby_renew_interval_ms / 1000),
+            config.standby_lock_key,
+            config.standby_instance_id,
+            ttl=config.standby_lock_ttl_ms / 1000,
+            renew_interval=config.standby_renew_interval_ms / 1000,
+        )
+    except ValueError as error:
+        raise ConfigError(f"FC_STANDBY_RENEW_INTERVAL_MS: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=config.level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
-        store = open_store(config)
+        metrics = Metrics()
+        lock = leader_lock(config) if config.standby_enabled else None
+        store, prepare = open_store(config, metrics)
     except ConfigError as error:
         print(f"fc-stream-processor: configuration error: {error}", file=sys.stderr)
         return 2
-    processor = Processor(store, Settings(batch_size=config.stream_batch_size))
+    processor = Processor(store, Settings(batch_size=config.stream_batch_size), metrics)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s received: finishing the current batch", signal.Signals(signum).name)
@@ -68,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     log.info("store %s, batches of up to %d events", redact(config.mongo_url), config.stream_batch_size)
     try:
-        processor.run()
+        if prepare is not None:
+            processor.retry("create indexes", prepare)
+        if lock is None:
+            processor.run()
+        else:
+            lead(lock, processor)
+    except StoreMisconfigured as error:
+        log.error("cannot start: %s", error)
+        return 3
+    except Stopped:
+        pass
     finally:
         store.close()
     return 0

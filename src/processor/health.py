@@ -10,6 +10,7 @@ from dataclasses import dataclass
 @dataclass
 class HealthReport:
     status: str  # "UP" or "DOWN"
+    role: str  # "single", "leader" or "standby"
     connected: bool
     last_batch_at: float | None  # unix time
     events_processed: int
@@ -25,6 +26,11 @@ class Health:
         self._last_batch_at: float | None = None
         self._events = 0
         self._last_error: str | None = None
+        self._role = "single"
+
+    def set_role(self, role: str) -> None:
+        with self._lock:
+            self._role = role
 
     def connected(self) -> None:
         with self._lock:
@@ -44,7 +50,8 @@ class Health:
     def report(self) -> HealthReport:
         with self._lock:
             return HealthReport(
-                status="UP" if self._connected else "DOWN",
+                status="UP" if self._connected or self._role == "standby" else "DOWN",
+                role=self._role,
                 connected=self._connected,
                 last_batch_at=self._last_batch_at,
                 events_processed=self._events,

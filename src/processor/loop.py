@@ -26,7 +26,16 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
-from processor.store import Batch, CommitReport, FeedEntry, ProcessedBatch, Store, SubscriptionChange
+from processor.store import (
+    Batch,
+    CommitReport,
+    FeedEntry,
+    Fenced,
+    ProcessedBatch,
+    Store,
+    StoreMisconfigured,
+    SubscriptionChange,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,33 +68,51 @@ class Processor:
         self.health = health or Health()
         self.matcher = SubscriptionMatcher()
         self._pending: deque[SubscriptionChange] = deque()  # changes for events not yet read
+        self._lease: Callable[[], bool] = lambda: True
         self.stop_requested = threading.Event()
         self._clock = clock
 
     def stop(self) -> None:
         self.stop_requested.set()
 
-    def run(self) -> None:
-        """Process batches until ``stop()``; returns once the current batch is committed."""
-        token = self._retry("load resume token", self.store.resume_token)
-        feed = self._retry("open feed", self.store.open_feed, token)
+    def run(self, lease: Callable[[], bool] = lambda: True, epoch: int | None = None) -> None:
+        """Process batches until ``stop()``, or until ``lease()`` says this instance
+        no longer leads; returns once the current batch is committed or dropped.
+        A leader passes its fencing ``epoch``, under which it claims the token."""
+        self._lease = lease
+        self.matcher = SubscriptionMatcher()  # the feed's start decides what subscriptions apply
+        self._pending.clear()
+        try:
+            if epoch is not None:
+                self.retry("claim the resume token", self.store.fence, epoch)
+            token = self.retry("load resume token", self.store.resume_token)
+            feed = self.retry("open feed", self.store.open_feed, token)
+        except (Stopped, Fenced):
+            return
         log.info("processing events after %s", token or "the current point")
         try:
-            while not self.stop_requested.is_set():
-                batch = self._retry("read", feed.next_batch, self.settings.batch_size, self.settings.max_wait)
+            while self._may_continue():
+                batch = self.retry("read", feed.next_batch, self.settings.batch_size, self.settings.max_wait)
                 self.health.connected()
+                if not lease():
+                    break  # paused or cut off past the lease: leave this batch to the new leader
                 if batch.entries or batch.resume_token != token:
                     self.process(batch)
                     token = batch.resume_token
         except Stopped:
             pass
+        except Fenced as error:
+            log.warning("stepping down: %s", error)
         finally:
             feed.close()
+
+    def _may_continue(self) -> bool:
+        return not self.stop_requested.is_set() and self._lease()
 
     def process(self, batch: Batch) -> CommitReport:
         started = time.perf_counter()
         # Read after the batch: every subscription committed before its events is seen.
-        self._pending.extend(self._retry("load subscriptions", self.store.subscription_changes))
+        self._pending.extend(self.retry("load subscriptions", self.store.subscription_changes))
         now = self._clock()
         events: list[Event] = []
         jobs: list[DispatchJob] = []
@@ -108,7 +135,7 @@ class Processor:
                 continue
             events.append(event)
             jobs.extend(create_jobs(event, matched, now))
-        report = self._retry(
+        report = self.retry(
             "commit",
             self.store.commit,
             ProcessedBatch(events, jobs, dead_letters, batch.resume_token),
@@ -158,9 +185,9 @@ class Processor:
     def _pause(self, seconds: float) -> None:
         self.stop_requested.wait(seconds)
 
-    def _retry(self, operation: str, call: Callable[..., T], *args: object) -> T:
+    def retry(self, operation: str, call: Callable[..., T], *args: object) -> T:
         """``call(*args)`` until it succeeds, backing off between failures; a stop
-        request ends the wait (``Stopped``) rather than the work."""
+        request or the end of the lease ends the wait (``Stopped``)."""
 
         def note_failure(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -175,20 +202,22 @@ class Processor:
             )
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Exception),
+            retry=tenacity.retry_if_not_exception_type((StoreMisconfigured, Fenced)),
             # "Full jitter": a random wait up to the capped exponential, so that
             # instances that failed together do not retry together.
             wait=tenacity.wait_random_exponential(
                 multiplier=self.settings.backoff_initial, max=self.settings.backoff_max
             ),
-            stop=tenacity.stop_when_event_set(self.stop_requested),
+            stop=lambda state: not self._may_continue(),
             sleep=self._pause,
             before_sleep=note_failure,
             reraise=True,
         )
         try:
             return retrying(call, *args)
+        except (StoreMisconfigured, Fenced):
+            raise
         except Exception:
-            if self.stop_requested.is_set():
+            if not self._may_continue():
                 raise Stopped from None
             raise

@@ -62,5 +62,16 @@ class Metrics:
             "fc_stream_subscriptions_invalid", "Stored subscriptions skipped as invalid", registry=r
         )
 
+        self.lost_history = Counter(
+            "fc_stream_lost_history_recoveries",
+            "Resume tokens found gone from the oplog; each is logged with the window caught up",
+            registry=r,
+        )
+
+        self.leader = Gauge(
+            "fc_stream_leader", "1 while this instance leads (or runs alone), 0 on standby", registry=r
+        )
+        self.leader.set(1)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from processor.store import (
     Batch,
     CommitReport,
     FeedEntry,
+    Fenced,
     ProcessedBatch,
     ResumeToken,
     StoreUnavailable,
@@ -143,6 +144,7 @@ CREATE TABLE IF NOT EXISTS client_activity (
 CREATE TABLE IF NOT EXISTS resume_tokens (
     key        TEXT PRIMARY KEY,
     token      TEXT NOT NULL,
+    epoch      INTEGER,  -- the leader's fencing epoch; NULL without leader election
     updated_at TEXT NOT NULL
 );
 """
@@ -314,6 +316,7 @@ class SqliteStore:
         self._resume_key = resume_key
         self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
         self._feed_start = 0
+        self._epoch: int | None = None
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
 
     def resume_token(self) -> ResumeToken | None:
@@ -331,14 +334,28 @@ class SqliteStore:
                 resume_after = str(row[0])
                 self._save_token(resume_after)
         self._feed_start = int(resume_after)
+        self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
         return SqliteFeed(self._connection, self._feed_start, self.wakeup)
 
     def _save_token(self, token: ResumeToken) -> None:
-        self._connection.execute(
-            "INSERT INTO resume_tokens (key, token, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
-            (self._resume_key, token, timestamp(datetime.now(UTC))),
+        """Within the batch's transaction: refused, and so the whole batch, once a
+        leader with a larger epoch saved its own."""
+        saved = self._connection.execute(
+            "INSERT INTO resume_tokens (key, token, epoch, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, epoch = excluded.epoch, "
+            "updated_at = excluded.updated_at "
+            "WHERE resume_tokens.epoch IS NULL OR resume_tokens.epoch <= coalesce(excluded.epoch, -1)",
+            (self._resume_key, token, self._epoch, timestamp(datetime.now(UTC))),
         )
+        if saved.rowcount != 1:
+            raise Fenced(f"resume token {self._resume_key!r} was saved by a newer leader")
+
+    def fence(self, epoch: int) -> None:
+        self._epoch = epoch
+        with transaction(self._connection):
+            token = self.resume_token()
+            if token is not None:
+                self._save_token(token)
 
     def subscription_changes(self) -> list[SubscriptionChange]:
         with transaction(self._connection, immediate=False):

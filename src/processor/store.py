@@ -25,6 +25,15 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or refused a write for now; try again later."""
 
 
+class Fenced(Exception):
+    """A newer leader has saved progress: this instance was deposed and must stop."""
+
+
+class StoreMisconfigured(Exception):
+    """The store is set up so that the processor cannot keep its promises (a
+    missing unique index, say); retrying will not help, an operator must act."""
+
+
 @dataclass(frozen=True, slots=True)
 class FeedEntry:
     """One inserted event, as the store holds it."""
@@ -94,6 +103,11 @@ class Store(Protocol):
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         """Make the batch durable: jobs (a job that exists already is not an
-        error), dead letters, projections, and last the resume token."""
+        error), dead letters, projections, and last the resume token. Raises
+        ``Fenced`` when a leader with a larger epoch saved a token."""
+
+    def fence(self, epoch: int) -> None:
+        """Save resume tokens under ``epoch`` from now on, claiming the token at
+        once, so that writes under a smaller epoch are refused."""
 
     def close(self) -> None: ...

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +109,19 @@ class Running:
         self.processor.stop()
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), "the processor did not stop"
+
+
+@contextmanager
+def spawn_processor(db: Path, log: Path, **environment: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``fc-stream-processor`` as operators run it, on the embedded store; killed
+    at the end if it is still running."""
+    command = [str(Path(sys.executable).parent / "fc-stream-processor")]
+    env = {**os.environ, "FC_MONGO_URL": f"sqlite://{db}", "FC_METRICS_PORT": "0", **environment}
+    with log.open("ab") as output:
+        child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()

@@ -3,16 +3,11 @@ is killed with SIGKILL in the middle of a large backlog, then restarted."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from tests.processor.harness import Publisher, wait_until
+from tests.processor.harness import Publisher, spawn_processor, wait_until
 
 PATTERNS = ["orders:*:*:*", "orders:fulfillment:*:*", "*:*:*:shipped", "billing:invoice:*:*", "*:*:*:*"]
 TYPES = [
@@ -24,26 +19,6 @@ TYPES = [
 ]
 CLIENTS = ["acme", "globex", "initech", "umbrella"]
 EVENTS = 20_000
-
-
-@contextmanager
-def processor(db: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``fc-stream-processor`` as operators run it, on the embedded store."""
-    command = [str(Path(sys.executable).parent / "fc-stream-processor")]
-    env = {
-        **os.environ,
-        "FC_MONGO_URL": f"sqlite://{db}",
-        "FC_STREAM_BATCH_SIZE": "1000",
-        "FC_METRICS_PORT": "0",
-    }
-    with log.open("ab") as output:
-        child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
 
 
 def naive_matches(pattern: str, event_type: str) -> bool:
@@ -58,7 +33,7 @@ def test_sigkill_mid_batch_then_restart_leaves_every_due_job_exactly_once(tmp_pa
         for n, pattern in enumerate(PATTERNS):
             subscriptions[publisher.subscribe(f"{client}-{n}", pattern, client_id=client)] = (client, pattern)
 
-    with processor(db, log) as first:
+    with spawn_processor(db, log, FC_STREAM_BATCH_SIZE="1000") as first:
         wait_until(lambda: publisher.token() is not None, message=f"the processor to start; log: {log}")
         rows = [(f"event-{i}", TYPES[i % len(TYPES)], CLIENTS[i % 7 % len(CLIENTS)]) for i in range(EVENTS)]
         with publisher.sql:
@@ -71,7 +46,7 @@ def test_sigkill_mid_batch_then_restart_leaves_every_due_job_exactly_once(tmp_pa
         first.wait()
     assert not publisher.caught_up(), "the processor was killed before it finished the backlog"
 
-    with processor(db, log) as second:
+    with spawn_processor(db, log, FC_STREAM_BATCH_SIZE="1000") as second:
         wait_until(publisher.caught_up, timeout=120, message="the backlog after the restart")
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=10) == 0, log.read_text()

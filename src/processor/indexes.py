@@ -1,0 +1,93 @@
+"""The index initializer: run at start, idempotent, and content with an index
+that exists already under another name, as long as it does the same job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.database import Database
+from pymongo.errors import OperationFailure
+
+from processor.store import StoreMisconfigured
+
+log = logging.getLogger(__name__)
+
+INDEX_OPTIONS_CONFLICT = 85
+INDEX_KEY_SPECS_CONFLICT = 86
+DUPLICATE_KEY = 11000
+MARKS_KEPT_SECONDS = 7 * 24 * 3600  # far longer than any oplog window a replay could reach back
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    collection: str
+    keys: tuple[tuple[str, int], ...]
+    name: str
+    unique: bool = False
+    expire_after_seconds: int | None = None
+
+
+INDEXES = (
+    IndexSpec("events", (("type", ASCENDING),), "events_type"),
+    IndexSpec("events", (("client_id", ASCENDING), ("time", ASCENDING)), "events_client_time"),
+    # The guarantee that a job exists at most once per (event, subscription).
+    IndexSpec(
+        "dispatch_jobs",
+        (("event_id", ASCENDING), ("subscription_id", ASCENDING)),
+        "dispatch_jobs_event_subscription",
+        unique=True,
+    ),
+    IndexSpec("dispatch_jobs", (("status", ASCENDING), ("scheduled_at", ASCENDING)), "dispatch_jobs_status"),
+    IndexSpec("dispatch_jobs", (("client_id", ASCENDING),), "dispatch_jobs_client"),
+    IndexSpec("subscriptions", (("client_id", ASCENDING), ("active", ASCENDING)), "subscriptions_client"),
+    IndexSpec("dead_letters", (("created_at", ASCENDING),), "dead_letters_created"),
+    IndexSpec(
+        "projection_marks",
+        (("at", ASCENDING),),
+        "projection_marks_ttl",
+        expire_after_seconds=MARKS_KEPT_SECONDS,
+    ),
+)
+
+
+def ensure_indexes(database: Database[dict[str, Any]]) -> list[str]:
+    """Create what is missing; returns the names created. Raises ``StoreMisconfigured``
+    when an existing index stands in the way (the operator must act)."""
+    created = []
+    for spec in INDEXES:
+        collection = database[spec.collection]
+        existing = {tuple(index["key"].items()): index for index in collection.list_indexes()}
+        found = existing.get(spec.keys)
+        if found is not None:
+            if spec.unique and not found.get("unique"):
+                raise StoreMisconfigured(
+                    f"{spec.collection}: index {found['name']!r} on {_keys(spec)} is not unique, and jobs "
+                    "must be: drop it so that the processor can create the unique one"
+                )
+            continue
+        options: dict[str, Any] = {"name": spec.name, "unique": spec.unique}
+        if spec.expire_after_seconds is not None:
+            options["expireAfterSeconds"] = spec.expire_after_seconds
+        try:
+            collection.create_index(list(spec.keys), **options)
+        except OperationFailure as error:
+            if error.code in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
+                raise StoreMisconfigured(
+                    f"{spec.collection}: cannot create index {spec.name!r} on {_keys(spec)}: {error}"
+                ) from error
+            if error.code == DUPLICATE_KEY:
+                raise StoreMisconfigured(
+                    f"{spec.collection}: duplicates already exist for {_keys(spec)}, so it cannot be "
+                    f"made unique: {error}"
+                ) from error
+            raise
+        log.info("created index %s on %s %s", spec.name, spec.collection, _keys(spec))
+        created.append(spec.name)
+    return created
+
+
+def _keys(spec: IndexSpec) -> str:
+    return "(" + ", ".join(field for field, _ in spec.keys) + ")"

@@ -1,0 +1,180 @@
+"""Leader election on Redis, so that of several instances exactly one consumes
+the stream, and a deposed one can do no harm.
+
+- Acquiring is one atomic ``SET key value NX PX ttl``, in a script that also
+  increments the fencing epoch: each acquisition gets a larger epoch.
+- The leader renews with compare-and-extend every ``renew_interval``, and
+  holds a lease that ends ``margin`` before the lock could expire, measured on
+  the monotonic clock from when its last successful renewal was *sent*. Past
+  that deadline it stops consuming, whatever Redis says later.
+- Writes of the resume token carry the epoch and are refused once a newer
+  leader exists (see ``resume.RedisTokenStore`` and ``SqliteStore.fence``),
+  so a leader paused past its TTL cannot overwrite its successor's progress.
+- A clean shutdown releases the lock with compare-and-delete, so a standby
+  takes over within one renew interval instead of one TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from processor.loop import Processor
+
+log = logging.getLogger(__name__)
+
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def epoch_key(lock_key: str) -> str:
+    return f"{lock_key}:epoch"
+
+
+class LeaderLock:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        instance_id: str,
+        *,
+        ttl: float,
+        renew_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if renew_interval * 2 >= ttl:
+            raise ValueError("the renew interval must be less than half the lock's TTL")
+        self._client = client
+        self.key = key
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.renew_interval = renew_interval
+        # The lease ends this long before the lock could: room for a renewal in
+        # flight and for clocks that run at slightly different rates.
+        self.margin = max(renew_interval, ttl / 5)
+        self._clock = clock
+        self._value = ""
+        self.epoch: int | None = None
+        self._deadline = 0.0
+        self._acquire = client.register_script(ACQUIRE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+
+    def held(self) -> bool:
+        """Whether this instance may act as leader now."""
+        return self.epoch is not None and self._clock() < self._deadline
+
+    def try_acquire(self) -> bool:
+        sent = self._clock()
+        value = f"{self.instance_id} {secrets.token_hex(8)}"
+        try:
+            epoch = int(self._acquire(keys=[self.key, epoch_key(self.key)], args=[value, self._ttl_ms]))
+        except redis.RedisError as error:
+            log.warning("leader lock: cannot reach Redis to acquire (%s)", error)
+            return False
+        if not epoch:
+            return False
+        self._value, self.epoch, self._deadline = value, epoch, sent + self.ttl - self.margin
+        log.info("leader lock %s acquired by %s, epoch %d", self.key, self.instance_id, epoch)
+        return True
+
+    def renew(self) -> bool:
+        """Extend the lock; False once it is lost (another holds it) or the lease ran out."""
+        if self.epoch is None:
+            return False
+        sent = self._clock()
+        try:
+            renewed = bool(self._renew(keys=[self.key], args=[self._value, self._ttl_ms]))
+        except redis.RedisError as error:
+            log.warning("leader lock: renewal failed (%s); the lease ends in %.1fs", error, self._left())
+            return self.held()
+        if not renewed:
+            log.warning("leader lock %s is held by another instance now: stepping down", self.key)
+            self.epoch = None
+            return False
+        self._deadline = sent + self.ttl - self.margin
+        return True
+
+    def release(self) -> None:
+        if self.epoch is None:
+            return
+        self.epoch = None
+        try:
+            self._release(keys=[self.key], args=[self._value])
+            log.info("leader lock %s released", self.key)
+        except redis.RedisError as error:
+            log.warning("leader lock: release failed (%s); it expires on its own", error)
+
+    def _left(self) -> float:
+        return max(0.0, self._deadline - self._clock())
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl * 1000)
+
+
+class Renewer:
+    """Renews the lock in the background while the leader works."""
+
+    def __init__(self, lock: LeaderLock) -> None:
+        self._lock = lock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leader-renewer", daemon=True)
+
+    def __enter__(self) -> Renewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lock.renew_interval):
+            if not self._lock.renew() and not self._lock.held():
+                return
+
+
+def lead(lock: LeaderLock, processor: Processor) -> None:
+    """Stand by until this instance holds the lock, process while it does, and go
+    back to standing by when it is lost; release it when asked to stop."""
+    health, metrics = processor.health, processor.metrics
+    try:
+        while not processor.stop_requested.is_set():
+            health.set_role("standby")
+            metrics.leader.set(0)
+            if not lock.try_acquire():
+                processor.stop_requested.wait(lock.renew_interval)
+                continue
+            assert lock.epoch is not None
+            health.set_role("leader")
+            metrics.leader.set(1)
+            with Renewer(lock):
+                processor.run(lease=lock.held, epoch=lock.epoch)
+            if not processor.stop_requested.is_set():
+                log.warning("no longer the leader (lease ended or lock lost): standing by")
+                lock.release()
+    finally:
+        metrics.leader.set(0)
+        lock.release()

@@ -1,0 +1,488 @@
+"""The MongoDB store: the events collection's change stream, and the
+repositories of subscriptions, dispatch jobs, dead letters and projections.
+
+Loss and duplication are ruled out where implementations of this design
+usually fail:
+
+- the resume token is saved only after its batch is written, with the
+  position (cluster time) of the last processed event;
+- when the stored token has left the oplog, a new stream is opened first and
+  the events collection is read from that position up to where the stream
+  starts, so nothing inserted in between is skipped (job ids are deterministic
+  and unique, so the overlap costs nothing);
+- jobs are inserted with ``insert_many(ordered=False)``: a duplicate key means
+  the job exists already, any other write error is retried;
+- projections are updated in a transaction together with marks of the events
+  and jobs they counted, so a replayed batch is never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId, json_util
+from bson.timestamp import Timestamp
+from pymongo import ASCENDING, InsertOne, UpdateOne
+from pymongo.change_stream import ChangeStream
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
+
+from processor.metrics import Metrics
+from processor.models import DeadLetter, DispatchJob, Event
+from processor.projections import ProjectionDelta
+from processor.resume import TokenStore
+from processor.store import (
+    Batch,
+    CommitReport,
+    FeedEntry,
+    ProcessedBatch,
+    StoreUnavailable,
+    SubscriptionChange,
+)
+
+log = logging.getLogger(__name__)
+Document = dict[str, Any]
+
+EVENTS = "events"
+SUBSCRIPTIONS = "subscriptions"
+JOBS = "dispatch_jobs"
+DEAD_LETTERS = "dead_letters"
+EVENT_TYPE_COUNTS = "event_type_counts"
+SUBSCRIPTION_STATS = "subscription_stats"
+CLIENT_ACTIVITY = "client_activity"
+PROJECTION_MARKS = "projection_marks"
+
+# The spec's pipeline; clusterTime is kept too: it orders events against
+# subscription changes and is the position a lost stream catches up from.
+PIPELINE: list[Document] = [
+    {"$match": {"operationType": "insert"}},
+    {"$project": {"fullDocument": 1, "_id": 1, "clusterTime": 1}},
+]
+DUPLICATE_KEY = 11000
+# ChangeStreamHistoryLost, ChangeStreamFatalError (token not found), InvalidResumeToken, CappedPositionLost
+LOST_HISTORY = frozenset({286, 280, 260, 136})
+CATCH_UP_MARGIN = timedelta(seconds=5)  # ObjectId times are seconds, and clients' clocks drift
+JSON = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True)
+
+
+def order_of(cluster_time: Timestamp) -> int:
+    """A cluster time as one integer that sorts like it."""
+    return (cluster_time.time << 32) | cluster_time.inc
+
+
+def jsonable(value: Any) -> Any:
+    """BSON values (ObjectId, dates, decimals...) as the JSON the contract speaks:
+    MongoDB's relaxed Extended JSON, by the driver's own converter."""
+    return json.loads(json_util.dumps(value, json_options=JSON))
+
+
+@contextmanager
+def unavailable_on_failure(what: str) -> Iterator[None]:
+    """Driver errors become ``StoreUnavailable``, which the loop retries with backoff."""
+    try:
+        yield
+    except PyMongoError as error:
+        raise StoreUnavailable(f"{what}: {error}") from error
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What is saved after each batch: the stream's resume token, and the cluster
+    time of the last processed event (where a lost stream catches up from)."""
+
+    resume_token: Document | None
+    cluster_time: Timestamp | None
+
+    def dumps(self) -> str:
+        return json_util.dumps(
+            {"resume_token": self.resume_token, "cluster_time": self.cluster_time},
+            json_options=json_util.CANONICAL_JSON_OPTIONS,
+        )
+
+    @classmethod
+    def loads(cls, text: str | None) -> Checkpoint | None:
+        if text is None:
+            return None
+        saved = json_util.loads(text)
+        return cls(saved.get("resume_token"), saved.get("cluster_time"))
+
+
+def event_document(change_or_document: Document) -> Document:
+    """A stored event as the contract expects it: ``_id`` of any BSON type becomes
+    the string ``id``, other BSON values become JSON."""
+    document = dict(change_or_document)
+    identifier = document.pop("_id", None)
+    document.setdefault("id", str(identifier) if identifier is not None else None)
+    time = document.pop("time", None)
+    converted: Document = jsonable(document)
+    if time is not None:
+        converted["time"] = time  # a date stays a date; anything else is for validation to judge
+    return converted
+
+
+class MongoFeed:
+    def __init__(
+        self,
+        database: Database[Document],
+        checkpoint: Checkpoint | None,
+        metrics: Metrics,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._events = database.get_collection(EVENTS, read_concern=ReadConcern("majority"))
+        self._database = database
+        self._checkpoint = checkpoint
+        self._metrics = metrics
+        self._now = now
+        self._stream: ChangeStream[Document] | None = None
+        self._catch_up: Iterator[Document] | None = None
+        self._warned_unrecoverable = False
+
+    # -- the change stream -------------------------------------------------
+
+    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+        options: Document = {"batch_size": max_events, "max_await_time_ms": max(1, int(max_wait * 1000))}
+        with unavailable_on_failure("change stream"):
+            try:
+                if self._stream is None or not self._stream.alive:
+                    self._open(options)
+                if self._catch_up is None:
+                    return self._stream_batch(max_events)
+            except OperationFailure as error:
+                # The server reports a token that left the oplog on the first read.
+                if error.code not in LOST_HISTORY:
+                    raise
+                self._recover_lost_history(error, options)
+            if self._catch_up is not None:
+                return self._catch_up_batch(max_events)
+            return self._stream_batch(max_events)
+
+    def _open(self, options: Document) -> None:
+        """Resume after the saved token, or (first start) begin at the current point."""
+        self.close()
+        token = self._checkpoint.resume_token if self._checkpoint else None
+        self._stream = self._events.watch(PIPELINE, resume_after=token, **options)
+
+    def _recover_lost_history(self, error: OperationFailure, options: Document) -> None:
+        self._metrics.lost_history.inc()
+        self.close()
+        since = self._checkpoint.cluster_time if self._checkpoint else None
+        start = self._cluster_time()
+        # The new stream first: whatever is inserted from here on, it sees.
+        self._stream = self._events.watch(PIPELINE, start_at_operation_time=start, **options)
+        if since is None:
+            if not self._warned_unrecoverable:
+                log.error(
+                    "the stored resume token is no longer in the oplog (%s) and no position was kept "
+                    "with it: events inserted while the processor was away cannot be recovered; "
+                    "starting from the current point",
+                    error,
+                )
+                self._warned_unrecoverable = True
+            self._checkpoint = Checkpoint(None, None)
+            return
+        low = since.as_datetime() - CATCH_UP_MARGIN
+        high = start.as_datetime() + CATCH_UP_MARGIN
+        log.warning(
+            "the stored resume token is no longer in the oplog (%s): catching up from the events "
+            "collection, events whose ObjectId _id dates them between %s and %s, then following "
+            "the stream (events with other _ids cannot be dated, and are not caught up)",
+            error,
+            low.isoformat(),
+            high.isoformat(),
+        )
+        self._catch_up = self._events.find(
+            {"_id": {"$gte": ObjectId.from_datetime(low), "$lte": ObjectId.from_datetime(high)}},
+            sort=[("_id", ASCENDING)],
+            batch_size=1000,
+        )
+
+    def _cluster_time(self) -> Timestamp:
+        reply = self._database.client.admin.command("ping")
+        operation_time = reply.get("operationTime")
+        if not isinstance(operation_time, Timestamp):
+            raise StoreUnavailable("the server reported no operation time: is this a replica set?")
+        return operation_time
+
+    def _stream_batch(self, max_events: int) -> Batch:
+        assert self._stream is not None
+        entries: list[FeedEntry] = []
+        cluster_time = self._checkpoint.cluster_time if self._checkpoint else None
+        while len(entries) < max_events:
+            change = self._stream.try_next()
+            if change is None:
+                break
+            cluster_time = change.get("clusterTime", cluster_time)
+            entries.append(self._entry(change["fullDocument"], cluster_time, str(change["_id"]["_data"])))
+        token = self._stream.resume_token
+        self._checkpoint = Checkpoint(None if token is None else dict(token), cluster_time)
+        return Batch(entries, self._checkpoint.dumps())
+
+    def _catch_up_batch(self, max_events: int) -> Batch:
+        assert self._catch_up is not None
+        entries = []
+        checkpoint = self._checkpoint
+        for document in self._catch_up:
+            identifier = document["_id"]
+            moment = identifier.generation_time
+            entries.append(self._entry(document, Timestamp(moment, 0), f"catch-up {identifier}"))
+            if checkpoint is not None:  # keep the old token: a crash now must catch up again
+                checkpoint = Checkpoint(checkpoint.resume_token, Timestamp(moment, 0))
+            if len(entries) == max_events:
+                break
+        else:
+            self._catch_up = None
+            log.warning("caught up after lost history: following the change stream")
+        self._checkpoint = checkpoint
+        return Batch(entries, None if checkpoint is None else checkpoint.dumps())
+
+    def _entry(self, document: Document, cluster_time: Timestamp | None, position: str) -> FeedEntry:
+        received_at = cluster_time.as_datetime() if cluster_time else self._now()
+        identifier = document.get("_id")
+        raw = json_util.dumps(document, json_options=json_util.CANONICAL_JSON_OPTIONS)
+        try:
+            converted: Document | None = event_document(document)
+            problem = None
+        except (TypeError, ValueError) as error:
+            converted, problem = None, f"document: cannot be read as JSON ({error})"
+        return FeedEntry(
+            order=order_of(cluster_time) if cluster_time else 0,
+            position=position,
+            event_id=None if identifier is None else str(identifier),
+            document=converted,
+            raw=lambda: raw,
+            received_at=received_at,
+            problem=problem,
+        )
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+class MongoSubscriptions:
+    """Subscriptions loaded once, then kept current by their own change stream."""
+
+    def __init__(self, database: Database[Document]) -> None:
+        self._collection = database.get_collection(SUBSCRIPTIONS, read_concern=ReadConcern("majority"))
+        self._stream: ChangeStream[Document] | None = None
+
+    def changes(self) -> list[SubscriptionChange]:
+        with unavailable_on_failure("subscriptions"):
+            if self._stream is None or not self._stream.alive:
+                return self._reload()
+            return self._drain()
+
+    def _reload(self) -> list[SubscriptionChange]:
+        """Watch first, then read everything: no change can fall between the two."""
+        self.close()
+        self._stream = self._collection.watch(full_document="updateLookup", max_await_time_ms=1)
+        current = [
+            SubscriptionChange(_subscription_id(d), _subscription_document(d), -1)
+            for d in self._collection.find()
+        ]
+        return current + self._drain()
+
+    def _drain(self) -> list[SubscriptionChange]:
+        """Every change committed so far: the stream reads up to the majority commit
+        point, which is past every event already read."""
+        assert self._stream is not None
+        changes: list[SubscriptionChange] = []
+        try:
+            while (change := self._stream.try_next()) is not None:
+                operation = change["operationType"]
+                if operation in ("drop", "rename", "dropDatabase", "invalidate"):
+                    self.close()
+                    return changes + self._reload()
+                document = change.get("fullDocument")
+                key = change["documentKey"]["_id"]
+                changes.append(
+                    SubscriptionChange(
+                        str(key),
+                        None
+                        if operation == "delete" or document is None
+                        else _subscription_document(document),
+                        order_of(change["clusterTime"]),
+                    )
+                )
+        except OperationFailure as error:
+            if error.code not in LOST_HISTORY:
+                raise
+            log.warning("the subscriptions stream lost its history (%s): reloading them all", error)
+            return changes + self._reload()
+        return changes
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+
+def _subscription_id(document: Document) -> str:
+    return str(document.get("_id"))
+
+
+def _subscription_document(document: Document) -> Document:
+    converted: Document = jsonable({k: v for k, v in document.items() if k != "_id"})
+    converted["id"] = _subscription_id(document)
+    return converted
+
+
+class MongoStore:
+    def __init__(self, database: Database[Document], tokens: TokenStore, metrics: Metrics) -> None:
+        self.database = database
+        self._tokens = tokens
+        self._metrics = metrics
+        self._subscriptions = MongoSubscriptions(database)
+        self._jobs = database[JOBS]
+
+    def resume_token(self) -> str | None:
+        return self._tokens.load()
+
+    def open_feed(self, resume_after: str | None) -> MongoFeed:
+        self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
+        return MongoFeed(self.database, Checkpoint.loads(resume_after), self._metrics)
+
+    def subscription_changes(self) -> list[SubscriptionChange]:
+        return self._subscriptions.changes()
+
+    def fence(self, epoch: int) -> None:
+        self._tokens.fence(epoch)
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        with unavailable_on_failure("commit"):
+            created = self._insert_jobs(batch.jobs)
+            self._insert_dead_letters(batch.dead_letters)
+            self._project(batch.events, batch.jobs)
+        if batch.resume_token is not None:
+            self._tokens.save(batch.resume_token)
+        return CommitReport(jobs_created=created, duplicates=len(batch.jobs) - created)
+
+    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> int:
+        """Insert every job; one that exists already is done. Returns how many were new."""
+        if not jobs:
+            return 0
+        try:
+            return len(self._jobs.insert_many([job_document(j) for j in jobs], ordered=False).inserted_ids)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if others:  # retried as a whole: what was inserted now is a duplicate then
+                raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
+            return int(error.details.get("nInserted", len(jobs) - len(errors)))
+
+    def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        self.database[DEAD_LETTERS].bulk_write(
+            [
+                UpdateOne(
+                    {"_id": letter.position}, {"$setOnInsert": dead_letter_document(letter)}, upsert=True
+                )
+                for letter in letters
+            ],
+            ordered=False,
+        )
+
+    def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob]) -> None:
+        """Count each event and each job once, ever: in one transaction, mark what is
+        counted and count what was not marked yet."""
+        marks = self.database[PROJECTION_MARKS]
+        keys = [f"event:{e.id}" for e in events] + [f"job:{j.id}" for j in jobs]
+        if not keys:
+            return
+
+        def project(session: ClientSession) -> None:
+            seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
+            delta = ProjectionDelta()
+            for event in events:
+                if f"event:{event.id}" not in seen:
+                    delta.add_event(event)
+            for job in jobs:
+                if f"job:{job.id}" not in seen:
+                    delta.add_job(job)
+            now = datetime.now(UTC)
+            new = [InsertOne({"_id": key, "at": now}) for key in keys if key not in seen]
+            if new:
+                marks.bulk_write(new, ordered=False, session=session)
+            self._apply(delta, session)
+
+        with self.database.client.start_session() as session:
+            session.with_transaction(project)
+
+    def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
+        for name, writes in (
+            (
+                EVENT_TYPE_COUNTS,
+                [
+                    UpdateOne({"_id": t}, {"$inc": {"count": n}}, upsert=True)
+                    for t, n in delta.event_types.items()
+                ],
+            ),
+            (
+                SUBSCRIPTION_STATS,
+                [
+                    UpdateOne(
+                        {"_id": key},
+                        {
+                            "$inc": {"jobs_created": a.jobs_created},
+                            "$max": {"last_matched_at": a.last_matched_at},
+                        },
+                        upsert=True,
+                    )
+                    for key, a in delta.subscriptions.items()
+                ],
+            ),
+            (
+                CLIENT_ACTIVITY,
+                [
+                    UpdateOne(
+                        {"_id": key},
+                        {"$inc": {"events": a.events, "jobs": a.jobs}}
+                        | ({"$max": {"last_event_time": a.last_event_time}} if a.last_event_time else {}),
+                        upsert=True,
+                    )
+                    for key, a in delta.clients.items()
+                ],
+            ),
+        ):
+            if writes:
+                self.database[name].bulk_write(writes, ordered=False, session=session)
+
+    def close(self) -> None:
+        self._subscriptions.close()
+
+
+def job_document(job: DispatchJob) -> Document:
+    return {
+        "_id": job.id,
+        "event_id": job.event_id,
+        "subscription_id": job.subscription_id,
+        "client_id": job.client_id,
+        "status": job.status,
+        "target": job.target,
+        "pool_code": job.pool_code,
+        "scheduled_at": job.scheduled_at,
+        "attempts": job.attempts,
+        "last_attempt_at": job.last_attempt_at,
+        "last_error": job.last_error,
+        "created_at": job.created_at,
+    }
+
+
+def dead_letter_document(letter: DeadLetter) -> Document:
+    return {
+        "event_id": letter.event_id,
+        "reason": letter.reason,
+        "raw": letter.raw,
+        "received_at": letter.received_at,
+        "created_at": datetime.now(UTC),
+    }

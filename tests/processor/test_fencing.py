@@ -1,0 +1,120 @@
+"""The leader lock and fenced token writes, against the real Redis server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from processor.leader import LeaderLock, epoch_key
+from processor.models import PENDING, DispatchJob
+from processor.resume import RedisTokenStore
+from processor.sqlite_store import SqliteStore
+from processor.store import Fenced, ProcessedBatch
+from tests.processor.harness import Publisher
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:  # .ci/run starts it; say so if it is gone
+        pytest.fail(f"the Redis server at {REDIS_URL} is not running: {error}")
+    return client
+
+
+@pytest.fixture
+def key(client: redis.Redis) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    client.delete(name, epoch_key(name), f"{name}:token")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_only_one_instance_acquires_and_each_acquisition_gets_a_larger_epoch(
+    client: redis.Redis, key: str
+) -> None:
+    first = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
+    second = LeaderLock(client, key, "b", ttl=2.0, renew_interval=0.5)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    assert client.get(key).decode().startswith("a ")  # type: ignore[union-attr]
+    first.release()
+    assert client.get(key) is None, "a clean release deletes the lock"
+    assert second.try_acquire()
+    assert first.epoch is None and second.epoch is not None and second.epoch == 2
+
+
+def test_renewal_extends_only_the_holders_lock(client: redis.Redis, key: str) -> None:
+    lock = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
+    assert lock.try_acquire()
+    assert lock.renew()
+    assert 1500 < client.pttl(key) <= 2000
+    client.set(key, "b someone-else", px=2000)  # the lock expired and another took it
+    assert not lock.renew()
+    assert not lock.held()
+    lock.release()
+    assert client.get(key) == b"b someone-else", "release never deletes another's lock"
+
+
+def test_the_lease_ends_before_the_lock_can_expire(client: redis.Redis, key: str) -> None:
+    clock = Clock()
+    lock = LeaderLock(client, key, "a", ttl=10.0, renew_interval=3.0, clock=clock)
+    assert lock.try_acquire()
+    clock.now += 10.0 - lock.margin - 0.01
+    assert lock.held()
+    clock.now += 0.02
+    assert not lock.held(), "past its deadline a leader stops, whatever Redis says"
+    assert client.pttl(key) > 0
+
+
+def test_a_deposed_leaders_token_write_is_refused(client: redis.Redis, key: str) -> None:
+    token_key = f"{key}:token"
+    old = RedisTokenStore(client, token_key, instance="a", epoch_key=epoch_key(key))
+    new = RedisTokenStore(client, token_key, instance="b", epoch_key=epoch_key(key))
+    first = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
+    assert first.try_acquire() and first.epoch is not None
+    old.fence(first.epoch)
+    old.save(json.dumps({"seq": 1}))
+    client.delete(key)  # a's lock expired while it was paused
+    second = LeaderLock(client, key, "b", ttl=2.0, renew_interval=0.5)
+    assert second.try_acquire() and second.epoch is not None
+    new.fence(second.epoch)
+    with pytest.raises(Fenced):
+        old.save(json.dumps({"seq": 99}))
+    saved = json.loads(client.get(token_key))  # type: ignore[arg-type]
+    assert saved["checkpoint"] == {"seq": 1} and saved["epoch"] == second.epoch and saved["instance"] == "b"
+    new.save(json.dumps({"seq": 2}))
+    assert new.load() == json.dumps({"seq": 2})
+
+
+def test_a_deposed_leader_cannot_write_to_the_embedded_store(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    publisher = Publisher(db)
+    old, new = SqliteStore(db), SqliteStore(db)
+    old.fence(1)
+    old.open_feed(None)
+    new.fence(2)
+    now = datetime.now(UTC)
+    job = DispatchJob("j", "e", "s", "c", PENDING, "https://x.example", "p", now, 0, None, None, now)
+    with pytest.raises(Fenced):
+        old.commit(ProcessedBatch([], [job], [], "5"))
+    assert publisher.job_count() == 0, "the refused batch wrote nothing"
+    assert publisher.token() == "0"
+    new.commit(ProcessedBatch([], [job], [], "5"))
+    assert publisher.job_count() == 1 and publisher.token() == "5"
