@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from types import FrameType
 from typing import Any
 
@@ -14,11 +15,13 @@ import redis
 from pymongo import MongoClient
 
 from processor.config import Config, ConfigError, load, redact
+from processor.health import Health
 from processor.indexes import ensure_indexes
 from processor.leader import LeaderLock, epoch_key, lead
 from processor.loop import Processor, Settings, Stopped
 from processor.metrics import Metrics
 from processor.mongo_store import MongoStore
+from processor.ops import OpsServer, ops_app
 from processor.resume import MemoryTokenStore, RedisTokenStore, TokenStore
 from processor.sqlite_store import SqliteStore
 from processor.store import Store, StoreMisconfigured
@@ -42,6 +45,10 @@ environment:
   FC_STANDBY_INSTANCE_ID      this instance's name in the lock (default hostname-pid)
   FC_STANDBY_LOCK_TTL_MS      the lock's time to live (default 10000)
   FC_STANDBY_RENEW_INTERVAL_MS  how often the leader renews it (default 3000)
+  FC_HEALTH_DISCONNECTED_GRACE_SECONDS  /health says DOWN once the store failed this long (default 30)
+  FC_HEALTH_MAX_LAG_SECONDS   /health says DOWN above this lag (default 60)
+  FC_HEALTH_MAX_ERROR_RATE    /health says DOWN when more store operations than this share failed
+                              over the last FC_HEALTH_WINDOW_SECONDS (default 0.5 over 60)
 """
 
 
@@ -106,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fc-stream-processor: configuration error: {error}", file=sys.stderr)
         return 2
-    processor = Processor(store, Settings(batch_size=config.stream_batch_size), metrics)
+    processor = Processor(
+        store, Settings(batch_size=config.stream_batch_size), metrics, Health(config.thresholds())
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s received: finishing the current batch", signal.Signals(signum).name)
@@ -115,18 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("store %s, batches of up to %d events", redact(config.mongo_url), config.stream_batch_size)
-    try:
-        if prepare is not None:
-            processor.retry("create indexes", prepare)
-        if lock is None:
-            processor.run()
-        else:
-            lead(lock, processor)
-    except StoreMisconfigured as error:
-        log.error("cannot start: %s", error)
-        return 3
-    except Stopped:
-        pass
-    finally:
-        store.close()
+    with ExitStack() as stack:
+        if config.metrics_port:
+            app = ops_app(metrics, processor.health, alive=lambda: True)
+            stack.enter_context(OpsServer(app, "0.0.0.0", config.metrics_port))
+        stack.callback(store.close)
+        try:
+            if prepare is not None:
+                processor.retry("create indexes", prepare)
+            if lock is None:
+                processor.run()
+            else:
+                lead(lock, processor)
+        except StoreMisconfigured as error:
+            log.error("cannot start: %s", error)
+            return 3
+        except Stopped:
+            pass
     return 0

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -15,6 +16,17 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When /health says DOWN; see ``processor.health``."""
+
+    disconnected_grace: float = 30.0
+    max_lag: float = 60.0
+    max_error_rate: float = 0.5
+    window: float = 60.0
+    min_operations: int = 5
 
 
 class ConfigError(Exception):
@@ -43,6 +55,11 @@ class Config(BaseSettings):
     standby_lock_ttl_ms: Annotated[int, Field(ge=1000)] = 10_000
     standby_renew_interval_ms: Annotated[int, Field(ge=100)] = 3_000
 
+    health_disconnected_grace_seconds: Annotated[float, Field(gt=0)] = 30.0
+    health_max_lag_seconds: Annotated[float, Field(gt=0)] = 60.0
+    health_max_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    health_window_seconds: Annotated[float, Field(gt=0)] = 60.0
+
     @field_validator("mongo_url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
@@ -56,6 +73,14 @@ class Config(BaseSettings):
         if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return url
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            disconnected_grace=self.health_disconnected_grace_seconds,
+            max_lag=self.health_max_lag_seconds,
+            max_error_rate=self.health_max_error_rate,
+            window=self.health_window_seconds,
+        )
 
     @property
     def embedded_path(self) -> str | None:

@@ -175,12 +175,14 @@ class Processor:
         m.duplicate_jobs.inc(report.duplicates)
         m.processing_duration.observe(seconds)
         m.subscriptions_active.set(len(self.matcher))
+        lag = 0.0
         if batch.entries and len(batch.entries) >= self.settings.batch_size:
             newest = batch.entries[-1].received_at  # more are waiting: report how far behind
-            m.lag.set(max(0.0, (self._clock() - newest).total_seconds()))
-        else:
-            m.lag.set(0.0)
-        self.health.batch_done(len(batch.entries))
+            lag = max(0.0, (self._clock() - newest).total_seconds())
+        m.lag.set(lag)
+        if batch.resume_token is not None:
+            m.token_saved()
+        self.health.batch_done(len(batch.entries), lag)
 
     def _pause(self, seconds: float) -> None:
         self.stop_requested.wait(seconds)
@@ -191,7 +193,7 @@ class Processor:
 
         def note_failure(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            self.metrics.store_errors.labels(operation).inc()
+            self.metrics.store_errors.labels(operation, type(error).__name__).inc()
             self.health.failed(operation, error)
             log.warning(
                 "%s failed (attempt %d), retrying in %.2fs: %s",
@@ -214,10 +216,13 @@ class Processor:
             reraise=True,
         )
         try:
-            return retrying(call, *args)
+            result = retrying(call, *args)
         except (StoreMisconfigured, Fenced):
             raise
         except Exception:
             if not self._may_continue():
                 raise Stopped from None
             raise
+        if retrying.statistics.get("attempt_number", 1) > 1 and operation == "read":
+            self.metrics.reconnects.inc()  # the feed answers again after failing
+        return result

@@ -7,6 +7,8 @@ Each processor owns a registry, so that several can run in one process (tests,
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -51,9 +53,12 @@ class Metrics:
         )
         self.store_errors = Counter(
             "fc_stream_store_errors",
-            "Store operations that failed and were retried",
-            ["operation"],
+            "Store and Redis operations that failed and were retried, by operation and error kind",
+            ["operation", "kind"],
             registry=r,
+        )
+        self.reconnects = Counter(
+            "fc_stream_reconnects", "Times the change feed answered again after failing", registry=r
         )
         self.subscriptions_active = Gauge(
             "fc_stream_subscriptions_active", "Active subscriptions held by the matcher", registry=r
@@ -72,6 +77,18 @@ class Metrics:
             "fc_stream_leader", "1 while this instance leads (or runs alone), 0 on standby", registry=r
         )
         self.leader.set(1)
+        self._token_saved_at: float | None = None
+        self.token_age = Gauge(
+            "fc_stream_resume_token_age_seconds",
+            "Seconds since the resume token was last persisted (NaN before the first time)",
+            registry=r,
+        )
+        self.token_age.set_function(
+            lambda: float("nan") if self._token_saved_at is None else time.time() - self._token_saved_at
+        )
+
+    def token_saved(self) -> None:
+        self._token_saved_at = time.time()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

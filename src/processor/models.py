@@ -17,11 +17,13 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     JsonValue,
     PrivateAttr,
     StrictBool,
     StrictStr,
     StringConstraints,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -110,6 +112,18 @@ class PayloadCondition(BaseModel):
         return self
 
 
+def _payload_kind(condition: Any) -> str:
+    return "query" if isinstance(condition, str) else "condition"
+
+
+# Tagged by its shape, so that a faulty entry is reported against the one form it
+# was meant to be, not against both.
+PayloadFilter = Annotated[
+    Annotated[PayloadCondition, Tag("condition")] | Annotated[JsonPath, Tag("query")],
+    Discriminator(_payload_kind),
+]
+
+
 class EventFilters(BaseModel):
     """Every part that is present must hold."""
 
@@ -117,7 +131,7 @@ class EventFilters(BaseModel):
 
     source: list[StrictStr] | None = None
     metadata: dict[str, JsonValue] | None = None
-    payload: list[PayloadCondition | JsonPath] | None = None
+    payload: list[PayloadFilter] | None = None
 
     _checks: list[tuple[JSONPathQuery, Operator, JsonValue]] = PrivateAttr(default_factory=list)
 

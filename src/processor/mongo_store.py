@@ -143,6 +143,8 @@ class MongoFeed:
         self._now = now
         self._stream: ChangeStream[Document] | None = None
         self._catch_up: Iterator[Document] | None = None
+        self._catch_up_from: Document = {}  # the bound of _id after what was handed out
+        self._catch_up_until: ObjectId | None = None
         self._warned_unrecoverable = False
 
     # -- the change stream -------------------------------------------------
@@ -198,8 +200,13 @@ class MongoFeed:
             low.isoformat(),
             high.isoformat(),
         )
-        self._catch_up = self._events.find(
-            {"_id": {"$gte": ObjectId.from_datetime(low), "$lte": ObjectId.from_datetime(high)}},
+        self._catch_up_from = {"$gte": ObjectId.from_datetime(low)}
+        self._catch_up_until = ObjectId.from_datetime(high)
+        self._catch_up = self._catch_up_query()
+
+    def _catch_up_query(self) -> Iterator[Document]:
+        return self._events.find(
+            {"_id": {**self._catch_up_from, "$lte": self._catch_up_until}},
             sort=[("_id", ASCENDING)],
             batch_size=1000,
         )
@@ -216,7 +223,14 @@ class MongoFeed:
         entries: list[FeedEntry] = []
         cluster_time = self._checkpoint.cluster_time if self._checkpoint else None
         while len(entries) < max_events:
-            change = self._stream.try_next()
+            try:
+                change = self._stream.try_next()
+            except PyMongoError:
+                if not entries:
+                    raise
+                # The stream has moved past what it returned: hand that out, and
+                # meet the error again at the next read.
+                break
             if change is None:
                 break
             cluster_time = change.get("clusterTime", cluster_time)
@@ -229,17 +243,26 @@ class MongoFeed:
         assert self._catch_up is not None
         entries = []
         checkpoint = self._checkpoint
-        for document in self._catch_up:
-            identifier = document["_id"]
-            moment = identifier.generation_time
-            entries.append(self._entry(document, Timestamp(moment, 0), f"catch-up {identifier}"))
-            if checkpoint is not None:  # keep the old token: a crash now must catch up again
-                checkpoint = Checkpoint(checkpoint.resume_token, Timestamp(moment, 0))
-            if len(entries) == max_events:
-                break
-        else:
-            self._catch_up = None
-            log.warning("caught up after lost history: following the change stream")
+        last = None
+        try:
+            for document in self._catch_up:
+                identifier = last = document["_id"]
+                moment = identifier.generation_time
+                entries.append(self._entry(document, Timestamp(moment, 0), f"catch-up {identifier}"))
+                if checkpoint is not None:  # keep the old token: a crash now must catch up again
+                    checkpoint = Checkpoint(checkpoint.resume_token, Timestamp(moment, 0))
+                if len(entries) == max_events:
+                    break
+            else:
+                self._catch_up = None
+                log.warning("caught up after lost history: following the change stream")
+        except PyMongoError:
+            # A cursor that failed is dead and would look exhausted: query again,
+            # after the last event handed out.
+            self._catch_up = self._catch_up_query()
+            raise
+        if last is not None:
+            self._catch_up_from = {"$gt": last}
         self._checkpoint = checkpoint
         return Batch(entries, None if checkpoint is None else checkpoint.dumps())
 
@@ -274,37 +297,59 @@ class MongoSubscriptions:
     def __init__(self, database: Database[Document]) -> None:
         self._collection = database.get_collection(SUBSCRIPTIONS, read_concern=ReadConcern("majority"))
         self._stream: ChangeStream[Document] | None = None
+        self._known: set[str] = set()  # handed out (or about to be) and not deleted since
+        self._read: list[SubscriptionChange] = []  # read, not handed out yet: kept across a failure
 
     def changes(self) -> list[SubscriptionChange]:
         with unavailable_on_failure("subscriptions"):
             if self._stream is None or not self._stream.alive:
-                return self._reload()
-            return self._drain()
+                self._reload()
+            else:
+                self._drain()
+        changes, self._read = self._read, []
+        return changes
 
-    def _reload(self) -> list[SubscriptionChange]:
-        """Watch first, then read everything: no change can fall between the two."""
+    def _add(self, change: SubscriptionChange) -> None:
+        if change.document is None:
+            self._known.discard(change.subscription_id)
+        else:
+            self._known.add(change.subscription_id)
+        self._read.append(change)
+
+    def _reload(self) -> None:
+        """Watch first, then read everything: no change can fall between the two.
+        What is gone since the last load (a drop, lost history) is reported deleted."""
         self.close()
-        self._stream = self._collection.watch(full_document="updateLookup", max_await_time_ms=1)
-        current = [
-            SubscriptionChange(_subscription_id(d), _subscription_document(d), -1)
-            for d in self._collection.find()
-        ]
-        return current + self._drain()
+        stream = self._collection.watch(full_document="updateLookup", max_await_time_ms=1)
+        try:
+            current = [
+                SubscriptionChange(_subscription_id(d), _subscription_document(d), -1)
+                for d in self._collection.find()
+            ]
+        except BaseException:
+            stream.close()  # kept, it would be drained next time and the load never done
+            raise
+        self._stream = stream
+        self._read = []  # superseded by the load
+        for gone in sorted(self._known - {c.subscription_id for c in current}):
+            self._add(SubscriptionChange(gone, None, -1))
+        for change in current:
+            self._add(change)
+        self._drain()
 
-    def _drain(self) -> list[SubscriptionChange]:
+    def _drain(self) -> None:
         """Every change committed so far: the stream reads up to the majority commit
         point, which is past every event already read."""
         assert self._stream is not None
-        changes: list[SubscriptionChange] = []
         try:
             while (change := self._stream.try_next()) is not None:
                 operation = change["operationType"]
                 if operation in ("drop", "rename", "dropDatabase", "invalidate"):
-                    self.close()
-                    return changes + self._reload()
+                    self._reload()
+                    return
                 document = change.get("fullDocument")
                 key = change["documentKey"]["_id"]
-                changes.append(
+                self._add(
                     SubscriptionChange(
                         str(key),
                         None
@@ -317,8 +362,7 @@ class MongoSubscriptions:
             if error.code not in LOST_HISTORY:
                 raise
             log.warning("the subscriptions stream lost its history (%s): reloading them all", error)
-            return changes + self._reload()
-        return changes
+            self._reload()
 
     def close(self) -> None:
         if self._stream is not None:
@@ -385,7 +429,10 @@ class MongoStore:
         self.database[DEAD_LETTERS].bulk_write(
             [
                 UpdateOne(
-                    {"_id": letter.position}, {"$setOnInsert": dead_letter_document(letter)}, upsert=True
+                    # By event when known: a catch-up re-reads events under other positions.
+                    {"_id": letter.position if letter.event_id is None else letter.event_id},
+                    {"$setOnInsert": dead_letter_document(letter)},
+                    upsert=True,
                 )
                 for letter in letters
             ],
@@ -481,6 +528,7 @@ def job_document(job: DispatchJob) -> Document:
 def dead_letter_document(letter: DeadLetter) -> Document:
     return {
         "event_id": letter.event_id,
+        "position": letter.position,
         "reason": letter.reason,
         "raw": letter.raw,
         "received_at": letter.received_at,

@@ -310,8 +310,13 @@ class SqliteFeed:
 class SqliteStore:
     """The processor's side of the embedded store."""
 
-    def __init__(self, path: str | Path, resume_key: str = RESUME_KEY) -> None:
+    def __init__(
+        self, path: str | Path, resume_key: str = RESUME_KEY, *, from_beginning: bool = False
+    ) -> None:
+        """``from_beginning``: a first start takes every event already stored, not
+        only those that come after (what ``fc-dev`` wants of a development database)."""
         self.path = Path(path)
+        self._from_beginning = from_beginning
         self._connection = connect(path)
         self._resume_key = resume_key
         self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
@@ -331,7 +336,7 @@ class SqliteStore:
             # records it at once: a crash before the first batch must not move it.
             with transaction(self._connection):
                 row = self._connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-                resume_after = str(row[0])
+                resume_after = "0" if self._from_beginning else str(row[0])
                 self._save_token(resume_after)
         self._feed_start = int(resume_after)
         self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start

@@ -33,6 +33,7 @@ class Publisher:
 
     def __init__(self, path: Path) -> None:
         self.sql = connect(path)
+        self.sql.execute("PRAGMA busy_timeout = 10000")  # a publisher waits out a processor's lock
 
     def subscribe(
         self,

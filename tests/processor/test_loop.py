@@ -171,7 +171,7 @@ def test_a_failing_write_is_retried_and_the_token_waits_for_it(db: Path, publish
         wait_until(publisher.caught_up)
     assert store.tokens_seen_while_failing == [start] * 4, "the token never moved past unwritten work"
     assert publisher.jobs() == {(event, "all") for event in events}
-    errors = processor.metrics.store_errors.labels("commit")._value.get()
+    errors = processor.metrics.store_errors.labels("commit", "StoreUnavailable")._value.get()
     assert errors == 4
 
 
@@ -198,13 +198,14 @@ def test_a_locked_store_is_waited_out_with_backoff(db: Path, publisher: Publishe
         start = publisher.token()
         events = {publisher.publish(SHIPPED) for _ in range(20)}
         wait_until(
-            lambda: processor.metrics.store_errors.labels("commit")._value.get() >= 1, message="a retry"
+            lambda: processor.metrics.store_errors.labels("commit", "StoreUnavailable")._value.get() >= 1,
+            message="a retry",
         )
         assert publisher.token() == start, "nothing moved while the store was locked"
-        assert not processor.health.report().connected
+        assert not processor.health.report()["change_stream"]["connected"]
         wait_until(publisher.caught_up)
     assert publisher.jobs() == {(event, "all") for event in events}
-    assert processor.health.report().connected
+    assert processor.health.report()["change_stream"]["connected"]
 
 
 def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) -> None:

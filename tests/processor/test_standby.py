@@ -66,7 +66,9 @@ class Pair:
             value = client.get(self.lock_key)
         except redis.RedisError:
             return None
-        return None if value is None else value.decode().split(" ")[0]
+        if value is None:
+            return None
+        return (value.decode() if isinstance(value, bytes) else value).split(" ")[0]
 
     def expected_jobs(self, events: set[str]) -> set[tuple[str, str]]:
         return {(event, subscription) for event in events for subscription in ("all", "orders")}

@@ -1,0 +1,270 @@
+"""The embedded store as the HTTP API sees it: events in, subscriptions, and the
+processor's output (dispatch jobs, dead letters, projections) out.
+
+Events are only ever inserted into ``events``: the processor finds them through
+its change feed, exactly as it finds events that other services insert, so the
+API exercises the production path. One connection per catalog, behind a lock,
+because the API calls it from a pool of threads.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from processor.models import Subscription, SubscriptionFields, SubscriptionPatch, describe
+from processor.sqlite_store import EVENT_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, connect, timestamp, transaction
+
+SUBSCRIPTION_COLUMNS = ("client_id", "name", "event_type_pattern", "target", "pool_code", "active", "filters")
+DEAD_LETTER_COLUMNS = ("position", "event_id", "reason", "raw", "received_at", "created_at")
+JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
+INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+
+
+class EventExists(Exception):
+    """An event of the batch has an id that is taken, by a stored event or an earlier one of the batch."""
+
+    def __init__(self, event_id: str, index: int) -> None:
+        super().__init__(f"an event with id {event_id!r} exists already")
+        self.event_id = event_id
+        self.index = index  # position in the batch
+
+
+class CorruptRecord(Exception):
+    """A stored row, written around the API, that breaks the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next: int | None  # pass as ``after`` for the next page; None on the last one
+
+
+def subscription_document(subscription: SubscriptionFields) -> dict[str, Any]:
+    """A subscription as JSON, its filters exactly as written: a condition's
+    ``value`` left out stays left out, so the document validates again."""
+    filters = subscription.filters
+    return {
+        **subscription.model_dump(mode="json", exclude={"filters"}),
+        "filters": None if filters is None else filters.model_dump(mode="json", exclude_unset=True),
+    }
+
+
+class Catalog:
+    def __init__(self, path: str | Path, wakeup: threading.Event | None = None) -> None:
+        self._connection = connect(path)
+        self._lock = threading.Lock()
+        self._wakeup = wakeup  # the processor's: set after inserting events to cut its idle wait short
+
+    @contextmanager
+    def _session(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        with self._lock, transaction(self._connection, immediate=write):
+            yield self._connection
+
+    # Events
+
+    def insert_events(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Insert valid events (the contract's fields; ``id`` and ``time`` may be
+        None) in one transaction and return their ids; all or none are written."""
+        ids = [secrets.token_hex(16) if event.get("id") is None else event["id"] for event in events]
+        with self._session(write=True) as connection:
+            for index, (event_id, event) in enumerate(zip(ids, events, strict=True)):
+                try:
+                    connection.execute(INSERT_EVENT, _event_row(event_id, event))
+                except sqlite3.IntegrityError:
+                    raise EventExists(event_id, index) from None
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return ids
+
+    # Subscriptions
+
+    def create_subscription(self, fields: SubscriptionFields) -> Subscription:
+        document = subscription_document(fields)
+        with self._session(write=True) as connection:
+            subscription_id = secrets.token_hex(16)
+            connection.execute(
+                f"INSERT INTO subscriptions (id, {', '.join(SUBSCRIPTION_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' * len(SUBSCRIPTION_COLUMNS))})",
+                (subscription_id, *_subscription_row(document)),
+            )
+        return Subscription.model_validate({**document, "id": subscription_id})
+
+    def subscriptions(self, client_id: str | None = None) -> list[Subscription]:
+        with self._session(write=False) as connection:
+            rows = connection.execute(
+                "SELECT * FROM subscriptions WHERE ? IS NULL OR client_id = ? ORDER BY rowid",
+                (client_id, client_id),
+            ).fetchall()
+        return [_subscription(row) for row in rows]
+
+    def subscription(self, subscription_id: str) -> Subscription | None:
+        with self._session(write=False) as connection:
+            row = _subscription_row_by_id(connection, subscription_id)
+        return None if row is None else _subscription(row)
+
+    def update_subscription(self, subscription_id: str, patch: SubscriptionPatch) -> Subscription | None:
+        """Apply ``patch`` and validate the result as a whole; ``ValidationError``
+        when it breaks the contract (nothing is written then), None when there is
+        no such subscription."""
+        with self._session(write=True) as connection:
+            row = _subscription_row_by_id(connection, subscription_id)
+            if row is None:
+                return None
+            merged = Subscription.model_validate({**_stored(row), **patch.model_dump(exclude_unset=True)})
+            document = subscription_document(merged)
+            connection.execute(
+                f"UPDATE subscriptions SET {', '.join(f'{column} = ?' for column in SUBSCRIPTION_COLUMNS)}, "
+                "updated_at = ? WHERE id = ?",
+                (*_subscription_row(document), timestamp(datetime.now(UTC)), subscription_id),
+            )
+        return merged
+
+    def delete_subscription(self, subscription_id: str) -> bool:
+        with self._session(write=True) as connection:
+            deleted = connection.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
+        return deleted.rowcount > 0
+
+    # What the processor wrote
+
+    def dispatch_jobs(
+        self,
+        *,
+        after: int | None = None,
+        limit: int,
+        event_id: str | None = None,
+        subscription_id: str | None = None,
+        client_id: str | None = None,
+        status: str | None = None,
+    ) -> Page:
+        filters = {
+            "event_id": event_id,
+            "subscription_id": subscription_id,
+            "client_id": client_id,
+            "status": status,
+        }
+        return self._page("dispatch_jobs", JOB_COLUMNS, filters, after, limit)
+
+    def dead_letters(self, *, after: int | None = None, limit: int) -> Page:
+        return self._page("dead_letters", DEAD_LETTER_COLUMNS, {}, after, limit)
+
+    def _page(
+        self,
+        table: str,
+        columns: Sequence[str],
+        filters: Mapping[str, str | None],
+        after: int | None,
+        limit: int,
+    ) -> Page:
+        """Rows in ``seq`` order after the cursor, those filters that are given all holding."""
+        given = {column: value for column, value in filters.items() if value is not None}
+        conditions = " ".join(f"AND {column} = ?" for column in given)
+        with self._session(write=False) as connection:
+            rows = connection.execute(
+                f"SELECT seq, {', '.join(columns)} FROM {table} "
+                f"WHERE seq > ? {conditions} ORDER BY seq LIMIT ?",
+                (after or 0, *given.values(), limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(
+            items=[{column: row[column] for column in columns} for row in rows],
+            next=rows[-1]["seq"] if more else None,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The projections, read together so that they agree with each other."""
+        with self._session(write=False) as connection:
+            types = connection.execute("SELECT type, count FROM event_type_counts ORDER BY type").fetchall()
+            subscriptions = connection.execute(
+                "SELECT subscription_id, jobs_created, last_matched_at FROM subscription_stats "
+                "ORDER BY subscription_id"
+            ).fetchall()
+            clients = connection.execute(
+                "SELECT client_id, events, jobs, last_event_time FROM client_activity ORDER BY client_id"
+            ).fetchall()
+        return {
+            "event_types": {row["type"]: row["count"] for row in types},
+            "subscriptions": {
+                row["subscription_id"]: {
+                    "jobs_created": row["jobs_created"],
+                    "last_matched_at": row["last_matched_at"],
+                }
+                for row in subscriptions
+            },
+            "clients": {
+                row["client_id"]: {
+                    "events": row["events"],
+                    "jobs": row["jobs"],
+                    "last_event_time": row["last_event_time"],
+                }
+                for row in clients
+            },
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+def _event_row(event_id: str, event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``events`` row as any publisher would write it; a ``time`` left out is
+    NULL, and the processor then takes the insert time."""
+    return tuple(
+        _encode(column, event_id if column == "id" else event.get(column)) for column in EVENT_COLUMNS
+    )
+
+
+def _subscription_row(document: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(_encode(column, document[column]) for column in SUBSCRIPTION_COLUMNS)
+
+
+def _encode(column: str, value: Any) -> Any:
+    """A value as the store keeps it: JSON as text, booleans as 0/1, times as timestamps."""
+    if value is None:
+        return None
+    if column in JSON_TEXT_COLUMNS:
+        return json.dumps(value, ensure_ascii=False)
+    if column == "active":
+        return int(value)
+    if column == "time":
+        return timestamp(value)
+    return value
+
+
+def _subscription_row_by_id(connection: sqlite3.Connection, subscription_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = connection.execute(
+        "SELECT * FROM subscriptions WHERE id = ?", (subscription_id,)
+    ).fetchone()
+    return row
+
+
+def _stored(row: sqlite3.Row) -> dict[str, Any]:
+    """A stored row decoded as far as it goes; what cannot be decoded is left for
+    validation to reject with a reason."""
+    document = {column: row[column] for column in ("id", *SUBSCRIPTION_COLUMNS)}
+    if document["active"] in (0, 1):
+        document["active"] = bool(document["active"])
+    if isinstance(document["filters"], str):
+        with suppress(ValueError):
+            document["filters"] = json.loads(document["filters"])
+    return document
+
+
+def _subscription(row: sqlite3.Row) -> Subscription:
+    try:
+        return Subscription.model_validate(_stored(row))
+    except ValidationError as error:
+        raise CorruptRecord(f"stored subscription {row['id']!r} is invalid: {describe(error)}") from None
