@@ -167,9 +167,15 @@ class MongoFeed:
             return self._stream_batch(max_events)
 
     def _open(self, options: Document) -> None:
-        """Resume after the saved token, or (first start) begin at the current point."""
+        """Resume after the saved token, or (first start) begin at the current point,
+        keeping its cluster time: even a first batch without events saves a position."""
         self.close()
         token = self._checkpoint.resume_token if self._checkpoint else None
+        if token is None:
+            start = self._cluster_time()
+            self._stream = self._events.watch(PIPELINE, start_at_operation_time=start, **options)
+            self._checkpoint = Checkpoint(None, start)
+            return
         self._stream = self._events.watch(PIPELINE, resume_after=token, **options)
 
     def _recover_lost_history(self, error: OperationFailure, options: Document) -> None:
@@ -387,12 +393,14 @@ class MongoStore:
         self._metrics = metrics
         self._subscriptions = MongoSubscriptions(database)
         self._jobs = database[JOBS]
+        self._inserted_before_failure: set[str] = set()  # by failed attempts at the batch in hand
 
     def resume_token(self) -> str | None:
         return self._tokens.load()
 
     def open_feed(self, resume_after: str | None) -> MongoFeed:
         self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
+        self._inserted_before_failure.clear()
         return MongoFeed(self.database, Checkpoint.loads(resume_after), self._metrics)
 
     def subscription_changes(self) -> list[SubscriptionChange]:
@@ -408,20 +416,29 @@ class MongoStore:
             self._project(batch.events, batch.jobs)
         if batch.resume_token is not None:
             self._tokens.save(batch.resume_token)
+        self._inserted_before_failure.clear()
         return CommitReport(jobs_created=created, duplicates=len(batch.jobs) - created)
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> int:
-        """Insert every job; one that exists already is done. Returns how many were new."""
+        """Insert every job; one that exists already is done. Returns how many were new,
+        counting those a failed attempt at this same batch inserted."""
         if not jobs:
             return 0
         try:
-            return len(self._jobs.insert_many([job_document(j) for j in jobs], ordered=False).inserted_ids)
+            inserted = len(
+                self._jobs.insert_many([job_document(j) for j in jobs], ordered=False).inserted_ids
+            )
+            return inserted + len(self._inserted_before_failure)
         except BulkWriteError as error:
             errors = error.details.get("writeErrors", [])
+            failed = {e.get("index") for e in errors}
+            fresh = {job.id for n, job in enumerate(jobs) if n not in failed}
             others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if others:  # retried as a whole: what was inserted now is a duplicate then
+            if others:  # retried as a whole: what this attempt inserted will be a duplicate then
+                self._inserted_before_failure |= fresh
                 raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
-            return int(error.details.get("nInserted", len(jobs) - len(errors)))
+            earlier = {jobs[n].id for n in failed} & self._inserted_before_failure
+            return len(fresh) + len(earlier)
 
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

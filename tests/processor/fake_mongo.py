@@ -1,0 +1,991 @@
+"""A test double of the part of pymongo the MongoDB store uses, and helpers to
+drive a processor on it.
+
+The fake is a single in-memory database with an oplog: every write appends a
+change with an increasing ``clusterTime`` and a resume token, and change
+streams read that oplog from a point, as a replica set's do. Errors are
+pymongo's own exception classes carrying the server's real error codes, so the
+store's error handling runs exactly as it would against a server.
+
+What it does not model: pymongo's automatic one-time resume of a change stream
+after a network error (an injected error always reaches the caller: the worse
+case), reads of a transaction's own uncommitted writes, and query operators
+beyond the few the store and these tests use.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from bson import ObjectId
+from bson.timestamp import Timestamp
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.results import BulkWriteResult, DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
+
+from processor.loop import Processor, Settings
+from processor.metrics import Metrics
+from processor.mongo_store import Checkpoint
+from processor.store import Store
+
+Document = dict[str, Any]
+
+HISTORY_LOST = 286
+DUPLICATE_KEY = 11000
+INDEX_OPTIONS_CONFLICT = 85
+INDEX_KEY_SPECS_CONFLICT = 86
+DOCUMENT_VALIDATION_FAILURE = 121
+MAX_AWAIT_CAP = 0.1  # seconds an idle try_next waits at most, whatever it is asked
+
+FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.01)
+
+
+# -- positions and tokens -----------------------------------------------------
+
+
+def position_of(cluster_time: Timestamp) -> int:
+    return (cluster_time.time << 32) | cluster_time.inc
+
+
+def token_of(position: int) -> Document:
+    return {"_data": f"{position:016x}"}
+
+
+def history_lost() -> OperationFailure:
+    message = (
+        "Executor error during getMore :: caused by :: Resume of change stream was not possible, "
+        "as the resume point may no longer be in the oplog."
+    )
+    return OperationFailure(
+        message,
+        code=HISTORY_LOST,
+        details={"ok": 0.0, "errmsg": message, "code": HISTORY_LOST, "codeName": "ChangeStreamHistoryLost"},
+    )
+
+
+def duplicate_key_error(collection: str, index: str, key: Mapping[str, Any]) -> Document:
+    return {
+        "code": DUPLICATE_KEY,
+        "errmsg": f"E11000 duplicate key error collection: fake.{collection} index: {index} dup key: {key}",
+        "keyPattern": {name: 1 for name in key},
+        "keyValue": dict(key),
+    }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One oplog entry."""
+
+    position: int
+    cluster_time: Timestamp
+    collection: str | None  # None: a no-op, which moves the oplog but belongs to no collection
+    operation: str
+    key: Any = None
+    document: Document | None = None  # insert and replace: the document as written
+    update: Document | None = None  # update: its updateDescription
+
+
+# -- documents, filters, updates ----------------------------------------------
+
+_KIND = {type(None): 0, int: 1, float: 1, str: 2, dict: 3, list: 4, ObjectId: 7, bool: 8, datetime: 9}
+
+
+def _kind(value: Any) -> int:
+    if isinstance(value, Timestamp):
+        return 10
+    return _KIND.get(type(value), 11)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (_kind(value), value if value is not None and not isinstance(value, dict | list) else 0)
+
+
+def _compare(a: Any, b: Any, operator: str) -> bool:
+    if _kind(a) != _kind(b) or a is None:  # range queries do not cross BSON types
+        return False
+    if operator == "$gt":
+        return bool(a > b)
+    if operator == "$gte":
+        return bool(a >= b)
+    if operator == "$lt":
+        return bool(a < b)
+    return bool(a <= b)
+
+
+_MISSING = object()
+
+
+def matches(document: Mapping[str, Any], query: Mapping[str, Any] | None) -> bool:
+    for name, condition in (query or {}).items():
+        value = document.get(name, _MISSING)
+        if isinstance(condition, Mapping) and condition and all(k.startswith("$") for k in condition):
+            for operator, operand in condition.items():
+                if operator == "$eq":
+                    ok = value == operand
+                elif operator == "$in":
+                    ok = value in operand
+                elif operator in ("$gt", "$gte", "$lt", "$lte"):
+                    ok = value is not _MISSING and _compare(value, operand, operator)
+                else:
+                    raise NotImplementedError(f"query operator {operator}")
+                if not ok:
+                    return False
+        elif (None if value is _MISSING else value) != condition:
+            return False
+    return True
+
+
+def project(document: Document, projection: Mapping[str, Any] | None) -> Document:
+    if not projection:
+        return document
+    included = {name for name, flag in projection.items() if flag}
+    if included:
+        if projection.get("_id", 1):
+            included.add("_id")
+        return {name: value for name, value in document.items() if name in included}
+    return {name: value for name, value in document.items() if name not in projection}
+
+
+def _larger(current: Any, candidate: Any) -> bool:
+    if current is None:
+        return True
+    if _kind(current) != _kind(candidate):
+        return _kind(candidate) > _kind(current)
+    return bool(candidate > current)
+
+
+def apply_update(document: Document, update: Mapping[str, Any], inserting: bool) -> Document:
+    result = copy.deepcopy(document)
+    for operator, fields in update.items():
+        for name, value in fields.items():
+            if operator == "$set" or (operator == "$setOnInsert" and inserting):
+                result[name] = copy.deepcopy(value)
+            elif operator == "$setOnInsert":
+                continue
+            elif operator == "$inc":
+                result[name] = result.get(name, 0) + value
+            elif operator == "$max":
+                if name not in result or _larger(result[name], value):
+                    result[name] = value
+            else:
+                raise NotImplementedError(f"update operator {operator}")
+    return result
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return (type(value).__name__, value) if isinstance(value, bool | ObjectId) else value
+
+
+@dataclass
+class Index:
+    name: str
+    keys: tuple[tuple[str, Any], ...]
+    unique: bool = False
+    expire_after_seconds: int | None = None
+
+    def describe(self) -> Document:
+        description: Document = {"v": 2, "key": dict(self.keys), "name": self.name}
+        if self.unique:
+            description["unique"] = True
+        if self.expire_after_seconds is not None:
+            description["expireAfterSeconds"] = self.expire_after_seconds
+        return description
+
+    def key_of(self, document: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(_hashable(document.get(name)) for name, _ in self.keys)
+
+
+@dataclass
+class Data:
+    """A collection's documents, by ``_id``, in insertion order, and its indexes."""
+
+    documents: dict[Any, Document] = field(default_factory=dict)
+    indexes: dict[str, Index] = field(default_factory=lambda: {"_id_": Index("_id_", (("_id", 1),))})
+
+    def conflict(
+        self, document: Mapping[str, Any], collection: str, ignore: Any = _MISSING
+    ) -> Document | None:
+        """The duplicate-key error ``document`` would cause, if any."""
+        key = _hashable(document.get("_id"))
+        if key != ignore and key in self.documents:
+            return duplicate_key_error(collection, "_id_", {"_id": document.get("_id")})
+        for index in self.indexes.values():
+            if not index.unique or index.name == "_id_":
+                continue
+            wanted = index.key_of(document)
+            for other_key, other in self.documents.items():
+                if other_key != ignore and index.key_of(other) == wanted:
+                    fields = {name: document.get(name) for name, _ in index.keys}
+                    return duplicate_key_error(collection, index.name, fields)
+        return None
+
+
+@dataclass
+class _Failure:
+    operation: str
+    collection: str | None
+    error: BaseException
+    after: int
+    times: int
+
+
+@dataclass
+class _Rejection:
+    collection: str
+    code: int
+    errmsg: str
+    index: int
+    times: int
+
+
+# -- the server ----------------------------------------------------------------
+
+
+class FakeMongo:
+    """One database on a one-node "replica set" with an oplog."""
+
+    def __init__(
+        self, name: str = "flowcatalyst", *, lost_history_on: Literal["watch", "try_next"] = "watch"
+    ) -> None:
+        self.name = name
+        self.lost_history_on = lost_history_on
+        self.lock = threading.Condition(threading.RLock())
+        self.data: dict[str, Data] = {}
+        self.oplog: list[Change] = []
+        self.dropped_through = -1  # the newest position that left the oplog
+        self.calls: Counter[str] = Counter()
+        self.streams: list[FakeChangeStream] = []
+        self._last = (0, 0)
+        self._failures: list[_Failure] = []
+        self._rejections: list[_Rejection] = []
+        self._hooks: list[tuple[str, str | None, Callable[[], None]]] = []
+        self.client = FakeClient(self)
+        self.database = FakeDatabase(self)
+        self.append(None, "noop")  # a replica set's oplog is never empty
+
+    @property
+    def db(self) -> Database[Document]:
+        """The fake where the store wants a pymongo ``Database``."""
+        return cast("Database[Document]", self.database)
+
+    # -- test controls --
+
+    def fail_next(
+        self,
+        operation: str,
+        error: BaseException,
+        *,
+        times: int = 1,
+        after: int = 0,
+        collection: str | None = None,
+    ) -> None:
+        """Let ``after`` calls of ``operation`` (on ``collection``, or any) pass,
+        then make ``times`` of them raise ``error``. Operations: watch, try_next,
+        find, cursor_next, insert_one, insert_many, bulk_write, update_one,
+        create_index, list_indexes, command, start_session."""
+        with self.lock:
+            self._failures.append(_Failure(operation, collection, error, after, times))
+
+    def reject_writes(
+        self,
+        collection: str,
+        *,
+        code: int = DOCUMENT_VALIDATION_FAILURE,
+        errmsg: str = "Document failed validation",
+        index: int = 0,
+        times: int = 1,
+    ) -> None:
+        """The next ``times`` insert_many calls on ``collection`` report a write
+        error with ``code`` for their document at ``index`` (and insert the others
+        when unordered), as a server whose validator refuses one document does."""
+        with self.lock:
+            self._rejections.append(_Rejection(collection, code, errmsg, index, times))
+
+    def when(self, operation: str, hook: Callable[[], None], collection: str | None = None) -> None:
+        """Call ``hook`` at each call of ``operation``, before it does anything."""
+        with self.lock:
+            self._hooks.append((operation, collection, hook))
+
+    def truncate_oplog(self, keep: int = 1) -> None:
+        """Drop all but the newest ``keep`` entries, as a capped oplog does."""
+        keep = max(1, keep)  # an oplog is never empty
+        with self.lock:
+            dropped, self.oplog = self.oplog[:-keep], self.oplog[-keep:]
+            if dropped:
+                self.dropped_through = dropped[-1].position
+
+    def close_streams(self, collection: str | None = None) -> None:
+        """Kill the server cursors of open streams: they are no longer ``alive``."""
+        with self.lock:
+            for stream in self.streams:
+                if collection is None or stream.collection == collection:
+                    stream.close()
+
+    def cluster_time(self) -> Timestamp:
+        with self.lock:
+            return self.oplog[-1].cluster_time
+
+    def newest_token(self) -> Document:
+        with self.lock:
+            return token_of(self.oplog[-1].position)
+
+    # -- the machinery --
+
+    def enter(self, operation: str, collection: str | None) -> None:
+        """Count a call, run its hooks, raise the failure injected for it, if any."""
+        with self.lock:
+            self.calls[operation] += 1
+            hooks = [h for o, c, h in self._hooks if o == operation and c in (None, collection)]
+        for hook in hooks:
+            hook()
+        with self.lock:
+            for failure in self._failures:
+                if failure.operation != operation or failure.collection not in (None, collection):
+                    continue
+                if failure.after > 0:
+                    failure.after -= 1
+                    return
+                failure.times -= 1
+                if failure.times <= 0:
+                    self._failures.remove(failure)
+                raise failure.error
+
+    def rejection(self, collection: str) -> _Rejection | None:
+        with self.lock:
+            for rejection in self._rejections:
+                if rejection.collection == collection:
+                    rejection.times -= 1
+                    if rejection.times <= 0:
+                        self._rejections.remove(rejection)
+                    return rejection
+            return None
+
+    def append(self, collection: str | None, operation: str, **details: Any) -> Change:
+        with self.lock:
+            now = int(time.time())
+            seconds, increment = self._last
+            self._last = (now, 1) if now > seconds else (seconds, increment + 1)
+            cluster_time = Timestamp(*self._last)
+            change = Change(position_of(cluster_time), cluster_time, collection, operation, **details)
+            self.oplog.append(change)
+            self.lock.notify_all()
+            return change
+
+    def collection_data(self, name: str) -> Data:
+        with self.lock:
+            return self.data.setdefault(name, Data())
+
+
+class FakeClient:
+    def __init__(self, server: FakeMongo) -> None:
+        self._server = server
+        self.admin = FakeAdmin(server)
+
+    def start_session(self, **options: Any) -> FakeSession:
+        self._server.enter("start_session", None)
+        return FakeSession(self._server)
+
+
+class FakeAdmin:
+    def __init__(self, server: FakeMongo) -> None:
+        self._server = server
+
+    def command(self, command: str | Mapping[str, Any], **options: Any) -> Document:
+        self._server.enter("command", None)
+        name = command if isinstance(command, str) else next(iter(command))
+        if name != "ping":
+            raise NotImplementedError(f"command {name}")
+        return {"ok": 1.0, "operationTime": self._server.cluster_time()}
+
+
+class FakeSession:
+    """A session whose transaction applies its writes when the callback returns."""
+
+    def __init__(self, server: FakeMongo) -> None:
+        self._server = server
+        self.staged: list[Callable[[], None]] | None = None
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.staged = None
+
+    def with_transaction(self, callback: Callable[[FakeSession], Any], **options: Any) -> Any:
+        self.staged = []
+        try:
+            result = callback(self)
+            with self._server.lock:
+                for write in self.staged:
+                    write()
+            return result
+        finally:
+            self.staged = None
+
+
+class FakeDatabase:
+    def __init__(self, server: FakeMongo) -> None:
+        self._server = server
+        self.name = server.name
+        self.client = server.client
+
+    def __getitem__(self, name: str) -> FakeCollection:
+        return FakeCollection(self._server, self, name)
+
+    def get_collection(self, name: str, **options: Any) -> FakeCollection:
+        return self[name]
+
+
+def _staged(session: Any) -> list[Callable[[], None]] | None:
+    return session.staged if isinstance(session, FakeSession) else None
+
+
+class FakeCollection:
+    def __init__(self, server: FakeMongo, database: FakeDatabase, name: str) -> None:
+        self._server = server
+        self.database = database
+        self.name = name
+
+    @property
+    def _data(self) -> Data:
+        return self._server.collection_data(self.name)
+
+    # -- reads --
+
+    def find(
+        self,
+        filter: Mapping[str, Any] | None = None,
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        batch_size: int = 0,
+        session: Any = None,
+    ) -> FakeCursor:
+        self._server.enter("find", self.name)
+        return FakeCursor(self._server, self.name, dict(filter or {}), projection, sort)
+
+    def find_one(self, filter: Mapping[str, Any] | None = None, **options: Any) -> Document | None:
+        return next(iter(self.find(filter, **options)), None)
+
+    def count_documents(self, filter: Mapping[str, Any], **options: Any) -> int:
+        with self._server.lock:
+            return sum(1 for d in self._data.documents.values() if matches(d, filter))
+
+    # -- writes --
+
+    def insert_one(self, document: Document, session: Any = None) -> InsertOneResult:
+        self._server.enter("insert_one", self.name)
+        document.setdefault("_id", ObjectId())
+        with self._server.lock:
+            conflict = self._data.conflict(document, self.name)
+            if conflict is not None:
+                raise DuplicateKeyError(conflict["errmsg"], DUPLICATE_KEY, conflict)
+            self._insert(document)
+        return InsertOneResult(document["_id"], True)
+
+    def insert_many(
+        self, documents: Iterable[Document], ordered: bool = True, session: Any = None
+    ) -> InsertManyResult:
+        self._server.enter("insert_many", self.name)
+        documents = list(documents)
+        for document in documents:
+            document.setdefault("_id", ObjectId())
+        rejection = self._server.rejection(self.name)
+        errors: list[Document] = []
+        inserted: list[Any] = []
+        with self._server.lock:
+            for number, document in enumerate(documents):
+                if rejection is not None and number == rejection.index:
+                    error: Document | None = {"code": rejection.code, "errmsg": rejection.errmsg}
+                else:
+                    error = self._data.conflict(document, self.name)
+                if error is not None:
+                    errors.append({"index": number, **error, "op": document})
+                    if ordered:
+                        break
+                    continue
+                self._insert(document)
+                inserted.append(document["_id"])
+        if errors:
+            raise BulkWriteError(_bulk_result(n_inserted=len(inserted), errors=errors))
+        return InsertManyResult(inserted, True)
+
+    def update_one(
+        self, filter: Mapping[str, Any], update: Mapping[str, Any], upsert: bool = False, session: Any = None
+    ) -> UpdateResult:
+        self._server.enter("update_one", self.name)
+        with self._server.lock:
+            matched, upserted = self._update(filter, update, upsert, replace=False)
+        return UpdateResult({"n": matched or int(upserted is not None), "upserted": upserted}, True)
+
+    def replace_one(
+        self,
+        filter: Mapping[str, Any],
+        replacement: Mapping[str, Any],
+        upsert: bool = False,
+        session: Any = None,
+    ) -> UpdateResult:
+        self._server.enter("replace_one", self.name)
+        with self._server.lock:
+            matched, upserted = self._update(filter, replacement, upsert, replace=True)
+        return UpdateResult({"n": matched or int(upserted is not None), "upserted": upserted}, True)
+
+    def delete_one(self, filter: Mapping[str, Any], session: Any = None) -> DeleteResult:
+        self._server.enter("delete_one", self.name)
+        with self._server.lock:
+            for key, document in self._data.documents.items():
+                if matches(document, filter):
+                    del self._data.documents[key]
+                    self._server.append(self.name, "delete", key=document["_id"])
+                    return DeleteResult({"n": 1}, True)
+        return DeleteResult({"n": 0}, True)
+
+    def bulk_write(
+        self, requests: Sequence[Any], ordered: bool = True, session: Any = None
+    ) -> BulkWriteResult:
+        self._server.enter("bulk_write", self.name)
+        staged = _staged(session)
+        if staged is not None:
+            writes = copy.deepcopy(list(requests))
+
+            def commit() -> None:
+                self._bulk_write(writes, ordered)
+
+            staged.append(commit)
+            return BulkWriteResult(_bulk_result(), True)
+        return self._bulk_write(requests, ordered)
+
+    def drop(self, session: Any = None) -> None:
+        self._server.enter("drop", self.name)
+        with self._server.lock:
+            existed = self.name in self._server.data
+            self._server.data.pop(self.name, None)
+            if existed:
+                self._server.append(self.name, "drop")
+                self._server.append(self.name, "invalidate")
+
+    # -- indexes --
+
+    def list_indexes(self, session: Any = None) -> Iterator[Document]:
+        self._server.enter("list_indexes", self.name)
+        with self._server.lock:
+            return iter([index.describe() for index in self._data.indexes.values()])
+
+    def create_index(
+        self,
+        keys: Sequence[tuple[str, Any]],
+        name: str | None = None,
+        unique: bool = False,
+        # pymongo's spelling:
+        expireAfterSeconds: int | None = None,  # noqa: N803
+        **options: Any,
+    ) -> str:
+        self._server.enter("create_index", self.name)
+        spec = tuple(keys)
+        name = name or "_".join(f"{field}_{direction}" for field, direction in spec)
+        wanted = Index(name, spec, unique, expireAfterSeconds)
+        with self._server.lock:
+            data = self._data
+            same_name = data.indexes.get(name)
+            if same_name is not None and same_name.keys != spec:
+                raise _command_error(
+                    INDEX_KEY_SPECS_CONFLICT,
+                    "IndexKeySpecsConflict",
+                    f"An existing index has the same name as the requested index. "
+                    f"Requested index: {wanted.describe()}, existing index: {same_name.describe()}",
+                )
+            for existing in data.indexes.values():
+                if existing.keys != spec:
+                    continue
+                if existing == wanted:
+                    return name  # exactly this index exists: nothing to do
+                reason = (
+                    f"Index already exists with a different name: {existing.name}"
+                    if existing.name != name
+                    else "An equivalent index already exists with the same name but different options."
+                )
+                raise _command_error(INDEX_OPTIONS_CONFLICT, "IndexOptionsConflict", reason)
+            if unique:
+                seen: dict[tuple[Any, ...], Any] = {}
+                for document in data.documents.values():
+                    key = wanted.key_of(document)
+                    if key in seen:
+                        duplicate = dict(zip(dict(spec), key, strict=True))
+                        message = (
+                            f"Index build failed: E11000 duplicate key error collection: "
+                            f"fake.{self.name} index: {name} dup key: {duplicate}"
+                        )
+                        raise DuplicateKeyError(
+                            message,
+                            DUPLICATE_KEY,
+                            {"ok": 0.0, "errmsg": message, "code": DUPLICATE_KEY, "codeName": "DuplicateKey"},
+                        )
+                    seen[key] = document["_id"]
+            data.indexes[name] = wanted
+        return name
+
+    # -- change streams --
+
+    def watch(
+        self,
+        pipeline: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        full_document: str | None = None,
+        resume_after: Mapping[str, Any] | None = None,
+        max_await_time_ms: int | None = None,
+        batch_size: int | None = None,
+        start_at_operation_time: Timestamp | None = None,
+        **options: Any,
+    ) -> FakeChangeStream:
+        self._server.enter("watch", self.name)
+        server = self._server
+        with server.lock:
+            lost = False
+            if resume_after is not None:
+                try:
+                    start = int(str(resume_after["_data"]), 16)
+                except (KeyError, ValueError):
+                    raise _command_error(260, "InvalidResumeToken", "invalid resume token") from None
+                lost = start < server.dropped_through
+            elif start_at_operation_time is not None:
+                start = position_of(start_at_operation_time) - 1
+                lost = start < server.dropped_through
+            else:
+                start = server.oplog[-1].position
+            if lost and server.lost_history_on == "watch":
+                raise history_lost()
+            stream = FakeChangeStream(
+                server,
+                self.name,
+                list(pipeline or []),
+                full_document=full_document,
+                position=start,
+                max_await=(max_await_time_ms or 1000) / 1000,
+                error=history_lost() if lost else None,
+            )
+            server.streams.append(stream)
+            return stream
+
+    # -- internals, under the server's lock --
+
+    def _insert(self, document: Document) -> None:
+        stored = copy.deepcopy(document)
+        self._data.documents[_hashable(stored["_id"])] = stored
+        self._server.append(self.name, "insert", key=stored["_id"], document=copy.deepcopy(stored))
+
+    def _update(
+        self, filter: Mapping[str, Any], update: Mapping[str, Any], upsert: bool, replace: bool
+    ) -> tuple[int, Any]:
+        """Returns (documents matched, the _id upserted or None)."""
+        data = self._data
+        for key, document in data.documents.items():
+            if not matches(document, filter):
+                continue
+            if replace:
+                changed = {"_id": document["_id"], **copy.deepcopy(dict(update))}
+            else:
+                changed = apply_update(document, update, inserting=False)
+            conflict = data.conflict(changed, self.name, ignore=key)
+            if conflict is not None:
+                raise DuplicateKeyError(conflict["errmsg"], DUPLICATE_KEY, conflict)
+            if changed != document:
+                data.documents[key] = changed
+                if replace:
+                    self._server.append(
+                        self.name, "replace", key=changed["_id"], document=copy.deepcopy(changed)
+                    )
+                else:
+                    updated = {k: v for k, v in changed.items() if document.get(k, _MISSING) != v}
+                    removed = [k for k in document if k not in changed]
+                    description = {"updatedFields": updated, "removedFields": removed}
+                    self._server.append(self.name, "update", key=changed["_id"], update=description)
+            return 1, None
+        if not upsert:
+            return 0, None
+        base = {
+            name: value
+            for name, value in filter.items()
+            if not (isinstance(value, Mapping) and any(k.startswith("$") for k in value))
+        }
+        if replace:
+            created = {**base, **copy.deepcopy(dict(update))}
+        else:
+            created = apply_update(base, update, inserting=True)
+        created.setdefault("_id", ObjectId())
+        conflict = data.conflict(created, self.name)
+        if conflict is not None:
+            raise DuplicateKeyError(conflict["errmsg"], DUPLICATE_KEY, conflict)
+        self._insert(created)
+        return 0, created["_id"]
+
+    def _bulk_write(self, requests: Sequence[Any], ordered: bool) -> BulkWriteResult:
+        errors: list[Document] = []
+        inserted = matched = 0
+        upserted: list[Document] = []
+        with self._server.lock:
+            for number, request in enumerate(requests):
+                kind = type(request).__name__
+                try:
+                    if kind == "InsertOne":
+                        document = request._doc
+                        document.setdefault("_id", ObjectId())
+                        conflict = self._data.conflict(document, self.name)
+                        if conflict is not None:
+                            raise DuplicateKeyError(conflict["errmsg"], DUPLICATE_KEY, conflict)
+                        self._insert(document)
+                        inserted += 1
+                    elif kind in ("UpdateOne", "ReplaceOne"):
+                        found, key = self._update(
+                            request._filter, request._doc, bool(request._upsert), replace=kind == "ReplaceOne"
+                        )
+                        matched += found
+                        if key is not None:
+                            upserted.append({"index": number, "_id": key})
+                    else:
+                        raise NotImplementedError(f"bulk_write of {kind}")
+                except DuplicateKeyError as error:
+                    errors.append({"index": number, **(error.details or {})})
+                    if ordered:
+                        break
+        result = _bulk_result(n_inserted=inserted, n_matched=matched, upserted=upserted, errors=errors)
+        if errors:
+            raise BulkWriteError(result)
+        return BulkWriteResult(result, True)
+
+
+def _bulk_result(
+    n_inserted: int = 0,
+    n_matched: int = 0,
+    upserted: list[Document] | None = None,
+    errors: list[Document] | None = None,
+) -> Document:
+    return {
+        "writeErrors": errors or [],
+        "writeConcernErrors": [],
+        "nInserted": n_inserted,
+        "nUpserted": len(upserted or []),
+        "nMatched": n_matched,
+        "nModified": n_matched,
+        "nRemoved": 0,
+        "upserted": upserted or [],
+    }
+
+
+def _command_error(code: int, name: str, message: str) -> OperationFailure:
+    return OperationFailure(message, code, {"ok": 0.0, "errmsg": message, "code": code, "codeName": name})
+
+
+class FakeCursor:
+    """Runs its query at the first read; dead after an error, as pymongo's is."""
+
+    def __init__(
+        self,
+        server: FakeMongo,
+        collection: str,
+        query: Document,
+        projection: Mapping[str, Any] | None,
+        sort: Sequence[tuple[str, int]] | None,
+    ) -> None:
+        self._server = server
+        self._collection = collection
+        self._query = query
+        self._projection = projection
+        self._sort = list(sort or [])
+        self._results: Iterator[Document] | None = None
+        self.alive = True
+
+    def __iter__(self) -> FakeCursor:
+        return self
+
+    def __next__(self) -> Document:
+        if not self.alive:
+            raise StopIteration
+        try:
+            self._server.enter("cursor_next", self._collection)
+        except BaseException:
+            self.alive = False
+            raise
+        if self._results is None:
+            with self._server.lock:
+                found = [
+                    copy.deepcopy(d)
+                    for d in self._server.collection_data(self._collection).documents.values()
+                    if matches(d, self._query)
+                ]
+            for name, direction in reversed(self._sort):
+                found.sort(key=lambda d, n=name: _sort_key(d.get(n)), reverse=direction < 0)  # type: ignore[misc]
+            self._results = iter([project(d, self._projection) for d in found])
+        try:
+            return next(self._results)
+        except StopIteration:
+            self.alive = False
+            raise
+
+    def close(self) -> None:
+        self.alive = False
+
+
+class FakeChangeStream:
+    """Reads the oplog after a position; ``resume_token`` is the token of the last
+    change returned, or, once nothing is left, the newest oplog entry's (the
+    post-batch resume token: an idle stream's token moves with the oplog)."""
+
+    def __init__(
+        self,
+        server: FakeMongo,
+        collection: str,
+        pipeline: list[Mapping[str, Any]],
+        *,
+        full_document: str | None,
+        position: int,
+        max_await: float,
+        error: OperationFailure | None,
+    ) -> None:
+        self._server = server
+        self.collection = collection
+        self._match = [stage["$match"] for stage in pipeline if "$match" in stage]
+        self._project = [stage["$project"] for stage in pipeline if "$project" in stage]
+        self._full_document = full_document
+        self._position = position
+        self._max_await = min(max_await, MAX_AWAIT_CAP)
+        self._error = error
+        self._closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed
+
+    @property
+    def resume_token(self) -> Document:
+        return token_of(self._position)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def try_next(self) -> Document | None:
+        server = self._server
+        server.enter("try_next", self.collection)
+        with server.lock:
+            if self._closed:
+                return None
+            if self._error is not None or self._position < server.dropped_through:
+                self._closed = True
+                raise self._error or history_lost()
+            change = self._next_change()
+            if change is None:
+                server.lock.wait(self._max_await)
+                change = self._next_change()
+            return change
+
+    def _next_change(self) -> Document | None:
+        """Under the lock: the next change of this stream that passes its pipeline."""
+        for entry in self._server.oplog:
+            if entry.position <= self._position:
+                continue
+            self._position = entry.position
+            if entry.collection != self.collection:
+                continue
+            if entry.operation == "invalidate":
+                self._closed = True
+            change = self._describe(entry)
+            if all(matches(change, query) for query in self._match):
+                for projection in self._project:
+                    change = project(change, projection)
+                return change
+            if self._closed:
+                return None
+        return None
+
+    def _describe(self, entry: Change) -> Document:
+        change: Document = {
+            "_id": token_of(entry.position),
+            "operationType": entry.operation,
+            "clusterTime": entry.cluster_time,
+            "wallTime": datetime.fromtimestamp(entry.cluster_time.time, UTC),
+            "ns": {"db": self._server.name, "coll": self.collection},
+        }
+        if entry.operation in ("insert", "update", "replace", "delete"):
+            change["documentKey"] = {"_id": entry.key}
+        if entry.operation in ("insert", "replace"):
+            change["fullDocument"] = copy.deepcopy(entry.document)
+        elif entry.operation == "update":
+            change["updateDescription"] = copy.deepcopy(entry.update)
+            if self._full_document == "updateLookup":
+                current = self._server.collection_data(self.collection).documents.get(_hashable(entry.key))
+                change["fullDocument"] = copy.deepcopy(current)
+        return change
+
+
+# -- driving a processor -------------------------------------------------------
+
+
+class Tokens:
+    """A token store in memory that keeps every value saved."""
+
+    def __init__(self, value: str | None = None) -> None:
+        self.value = value
+        self.saved: list[str] = []
+
+    def load(self) -> str | None:
+        return self.value
+
+    def save(self, token: str) -> None:
+        self.saved.append(token)
+        self.value = token
+
+    def fence(self, epoch: int) -> None:
+        """One instance per test: nobody to fence off."""
+
+    def checkpoint(self) -> Checkpoint | None:
+        return Checkpoint.loads(self.value)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sum of a metric's samples that carry ``labels`` (counters by their
+    exposed name, ``..._total``)."""
+    return sum(
+        s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+class Running:
+    """A processor thread on ``store``; entered, it has committed its first batch
+    (on a first start: its starting point)."""
+
+    def __init__(self, store: Store, tokens: Tokens, metrics: Metrics, settings: Settings = FAST) -> None:
+        self.processor = Processor(store, settings, metrics)
+        self._tokens = tokens
+        self._thread = threading.Thread(target=self.processor.run, daemon=True)
+
+    def __enter__(self) -> Processor:
+        saved = len(self._tokens.saved)
+        self._thread.start()
+        wait_until(lambda: len(self._tokens.saved) > saved, message="the first batch")
+        return self.processor
+
+    def __exit__(self, *exc: object) -> None:
+        self.processor.stop()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the processor did not stop"

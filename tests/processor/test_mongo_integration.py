@@ -1,0 +1,196 @@
+"""The MongoDB store against a real replica set (change streams and transactions
+need one): set FC_TEST_MONGO_URL, e.g. mongodb://localhost:27017/?replicaSet=rs0.
+Each test works in a database of its own, dropped afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from processor.indexes import INDEXES, ensure_indexes
+from processor.jobs import job_id
+from processor.loop import Processor
+from processor.metrics import Metrics
+from processor.mongo_store import Checkpoint, MongoFeed, MongoStore
+from tests.processor.fake_mongo import FAST, Document, Running, Tokens, sample, wait_until
+
+URL = os.environ.get("FC_TEST_MONGO_URL")
+pytestmark = pytest.mark.skipif(
+    not URL, reason="FC_TEST_MONGO_URL is not set: no MongoDB replica set to test against"
+)
+
+SHIPPED = "orders:fulfillment:shipment:shipped"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[MongoClient[Document]]:
+    assert URL is not None
+    client: MongoClient[Document] = MongoClient(URL, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fresh(client: MongoClient[Document]) -> Iterator[Database[Document]]:
+    name = f"fc_test_{uuid.uuid4().hex[:16]}"
+    yield client[name]
+    client.drop_database(name)
+
+
+@pytest.fixture
+def db(fresh: Database[Document]) -> Database[Document]:
+    ensure_indexes(fresh)
+    return fresh
+
+
+def subscribe(db: Database[Document], id: str, pattern: str = "*:*:*:*") -> str:
+    db["subscriptions"].insert_one(
+        {
+            "_id": id,
+            "client_id": "acme",
+            "name": f"subscription {id}",
+            "event_type_pattern": pattern,
+            "target": "https://hooks.example.com/in",
+            "pool_code": "default",
+            "active": True,
+        }
+    )
+    return id
+
+
+def publish(db: Database[Document], **fields: Any) -> str:
+    document: Document = {"_id": ObjectId(), "type": SHIPPED, "client_id": "acme", **fields}
+    db["events"].insert_one(document)
+    return str(document["_id"])
+
+
+def jobs(db: Database[Document]) -> set[tuple[str, str]]:
+    return {(d["event_id"], d["subscription_id"]) for d in db["dispatch_jobs"].find()}
+
+
+def job_count(db: Database[Document]) -> int:
+    return db["dispatch_jobs"].count_documents({})
+
+
+def ancient(token: Document) -> Document:
+    """``token`` with its cluster time rewritten to 1970, long gone from any oplog.
+
+    This relies on the resume token format (the ``_data`` hex string, since 4.2):
+    the type byte ``82`` and then the 8-byte big-endian cluster time (seconds,
+    increment), the rest unchanged.
+    """
+    data = str(token["_data"])
+    assert data[:2] == "82", f"unknown resume token format: {data}"
+    return {**token, "_data": data[:2] + f"{1:08X}{1:08X}" + data[18:]}
+
+
+def test_inserted_events_become_jobs(db: Database[Document]) -> None:
+    subscribe(db, "all")
+    tokens, metrics = Tokens(), Metrics()
+    store = MongoStore(db, tokens, metrics)
+    with Running(store, tokens, metrics):
+        event = publish(db, data={"at": datetime(2024, 5, 1, tzinfo=UTC)})
+        wait_until(lambda: job_count(db) == 1, timeout=30)
+    store.close()
+    document = db["dispatch_jobs"].find_one({"_id": job_id(event, "all")})
+    assert document is not None
+    assert (document["event_id"], document["subscription_id"], document["status"]) == (
+        event,
+        "all",
+        "PENDING",
+    )
+    checkpoint = tokens.checkpoint()
+    assert checkpoint is not None and checkpoint.resume_token is not None
+
+
+def test_a_restart_resumes_after_the_saved_token(db: Database[Document]) -> None:
+    subscribe(db, "all")
+    tokens = Tokens()
+    first = MongoStore(db, tokens, Metrics())
+    with Running(first, tokens, Metrics()):
+        before = publish(db)
+        wait_until(lambda: job_count(db) == 1, timeout=30)
+    first.close()
+    while_down = [publish(db), publish(db)]
+    metrics = Metrics()
+    second = MongoStore(db, tokens, metrics)
+    with Running(second, tokens, metrics):
+        wait_until(lambda: job_count(db) == 3, timeout=30)
+    second.close()
+    assert jobs(db) == {(e, "all") for e in [before, *while_down]}
+    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
+
+
+def test_a_replayed_batch_creates_no_duplicates(db: Database[Document]) -> None:
+    subscribe(db, "all")
+    tokens, metrics = Tokens(), Metrics()
+    store = MongoStore(db, tokens, metrics)
+    processor = Processor(store, FAST, metrics)
+    feed = store.open_feed(None)
+    processor.process(processor.retry("read", feed.next_batch, 50, FAST.max_wait))
+    start = tokens.value
+    events = [publish(db), publish(db)]
+
+    def read_all(processor: Processor, feed: MongoFeed) -> int:
+        created = duplicates = 0
+        while created + duplicates < 2:
+            report = processor.process(processor.retry("read", feed.next_batch, 50, FAST.max_wait))
+            created, duplicates = created + report.jobs_created, duplicates + report.duplicates
+        return duplicates
+
+    assert read_all(processor, feed) == 0
+    feed.close()
+    replay = Processor(store, FAST, Metrics())
+    replay_feed = store.open_feed(start)
+    assert read_all(replay, replay_feed) == 2
+    replay_feed.close()
+    store.close()
+    assert job_count(db) == 2
+    assert jobs(db) == {(e, "all") for e in events}
+    counted = db["event_type_counts"].find_one({"_id": SHIPPED})
+    assert counted is not None and counted["count"] == 2, "projections counted once"
+
+
+def test_lost_history_is_caught_up_from_the_events_collection(
+    db: Database[Document], caplog: pytest.LogCaptureFixture
+) -> None:
+    subscribe(db, "all")
+    tokens = Tokens()
+    first = MongoStore(db, tokens, Metrics())
+    with Running(first, tokens, Metrics()):
+        processed = publish(db)
+        wait_until(lambda: job_count(db) == 1, timeout=30)
+    first.close()
+    saved = tokens.checkpoint()
+    assert saved is not None and saved.resume_token is not None and saved.cluster_time is not None
+    tokens.value = Checkpoint(ancient(saved.resume_token), saved.cluster_time).dumps()
+    while_down = [publish(db), publish(db)]
+    metrics = Metrics()
+    second = MongoStore(db, tokens, metrics)
+    with caplog.at_level(logging.WARNING, logger="processor.mongo_store"), Running(second, tokens, metrics):
+        wait_until(lambda: job_count(db) == 3, timeout=30, message="the catch-up")
+        after = publish(db)
+        wait_until(lambda: job_count(db) == 4, timeout=30, message="the new stream")
+    second.close()
+    assert jobs(db) == {(e, "all") for e in [processed, *while_down, after]}
+    assert sample(metrics, "fc_stream_lost_history_recoveries_total") == 1
+    assert any("catching up" in r.getMessage() for r in caplog.records)
+
+
+def test_indexes_are_created_once_on_a_fresh_database(fresh: Database[Document]) -> None:
+    assert ensure_indexes(fresh) == [spec.name for spec in INDEXES]
+    assert ensure_indexes(fresh) == []
+    for spec in INDEXES:
+        information = fresh[spec.collection].index_information()
+        assert spec.name in information
+        assert tuple(information[spec.name]["key"]) == spec.keys
+        assert bool(information[spec.name].get("unique")) == spec.unique
