@@ -22,7 +22,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -526,20 +526,8 @@ class MongoStore:
 
 
 def job_document(job: DispatchJob) -> Document:
-    return {
-        "_id": job.id,
-        "event_id": job.event_id,
-        "subscription_id": job.subscription_id,
-        "client_id": job.client_id,
-        "status": job.status,
-        "target": job.target,
-        "pool_code": job.pool_code,
-        "scheduled_at": job.scheduled_at,
-        "attempts": job.attempts,
-        "last_attempt_at": job.last_attempt_at,
-        "last_error": job.last_error,
-        "created_at": job.created_at,
-    }
+    """The job's fields, its ``id`` as the document's ``_id``."""
+    return {"_id" if name == "id" else name: value for name, value in asdict(job).items()}
 
 
 def dead_letter_document(letter: DeadLetter) -> Document:

@@ -34,6 +34,7 @@ from processor.loop import Processor, Settings
 from processor.metrics import Metrics
 from processor.mongo_store import Checkpoint
 from processor.store import Store
+from tests.processor.harness import FAST, wait_until
 
 Document = dict[str, Any]
 
@@ -43,16 +44,6 @@ INDEX_OPTIONS_CONFLICT = 85
 INDEX_KEY_SPECS_CONFLICT = 86
 DOCUMENT_VALIDATION_FAILURE = 121
 MAX_AWAIT_CAP = 0.1  # seconds an idle try_next waits at most, whatever it is asked
-
-FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)
 
 
 # -- positions and tokens -----------------------------------------------------

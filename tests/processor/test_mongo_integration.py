@@ -21,7 +21,8 @@ from processor.jobs import job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.mongo_store import Checkpoint, MongoFeed, MongoStore
-from tests.processor.fake_mongo import FAST, Document, Running, Tokens, sample, wait_until
+from tests.processor.fake_mongo import Document, Running, Tokens, sample
+from tests.processor.harness import FAST, wait_until
 
 URL = os.environ.get("FC_TEST_MONGO_URL")
 pytestmark = pytest.mark.skipif(

@@ -21,15 +21,8 @@ from processor.metrics import Metrics
 from processor.models import Subscription, parse_event
 from processor.mongo_store import CATCH_UP_MARGIN, Checkpoint, MongoFeed, MongoStore, job_document
 from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
-from tests.processor.fake_mongo import (
-    FAST,
-    Document,
-    FakeMongo,
-    Running,
-    Tokens,
-    sample,
-    wait_until,
-)
+from tests.processor.fake_mongo import Document, FakeMongo, Running, Tokens, sample
+from tests.processor.harness import FAST, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
 BILLED = "billing:invoice:line:added"
