@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.figures import FIGURES, VERDICTS, machine
+from benchmarks.figures import FIGURES, MEASURES, VERDICTS, machine
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES:
+    if not FIGURES and not MEASURES:
         return
     write = terminalreporter.write_line
     write("")
@@ -23,10 +23,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 (f for f in rows if f.group == figure.group and f.contender == "reference"), None
             )
             ratio = f"{figure.rate / reference.rate:.3f}" if reference else "-"
-            write(
-                f"  {figure.group:<28} {figure.contender:<12} "
-                f"{figure.rate:>12,.0f} op/s {ratio:>13}"
-            )
+            write(f"  {figure.group:<28} {figure.contender:<12} {figure.rate:>12,.0f} op/s {ratio:>13}")
+    for table in dict.fromkeys(m.table for m in MEASURES):
+        write("")
+        write(f"{table}:")
+        for entry in (m for m in MEASURES if m.table == table):
+            write(f"  {entry.name:<58} {entry.value:>12,.2f} {entry.unit}")
     for verdicts in VERDICTS:
         write("")
         for line in verdicts(FIGURES):

@@ -25,7 +25,18 @@ class Figure:
         return self.operations / self.seconds
 
 
+@dataclass(frozen=True)
+class Measure:
+    """A figure that is not a rate: a latency, a share of a core, a peak of memory."""
+
+    table: str
+    name: str
+    value: float
+    unit: str
+
+
 FIGURES: list[Figure] = []
+MEASURES: list[Measure] = []
 # Each benchmark module may add a function that turns the figures into verdicts.
 VERDICTS: list[Callable[[list[Figure]], list[str]]] = []
 
@@ -33,6 +44,10 @@ VERDICTS: list[Callable[[list[Figure]], list[str]]] = []
 def record(table: str, group: str, contender: str, operations: int, benchmark: object) -> None:
     stats = benchmark.stats.stats  # type: ignore[attr-defined]
     FIGURES.append(Figure(table, group, contender, operations, stats.min))
+
+
+def measure(table: str, name: str, value: float, unit: str) -> None:
+    MEASURES.append(Measure(table, name, value, unit))
 
 
 def machine() -> str:

@@ -40,12 +40,20 @@ class ProjectionDelta:
 
     def add_event(self, event: Event) -> None:
         self.event_types[event.type] += 1
-        client = self.clients.setdefault(event.client_id, ClientActivity())
+        client = self._client(event.client_id)
         client.events += 1
         client.last_event_time = _later(client.last_event_time, event.time)
 
     def add_job(self, job: DispatchJob) -> None:
-        subscription = self.subscriptions.setdefault(job.subscription_id, SubscriptionActivity())
+        subscription = self.subscriptions.get(job.subscription_id)
+        if subscription is None:
+            subscription = self.subscriptions[job.subscription_id] = SubscriptionActivity()
         subscription.jobs_created += 1
         subscription.last_matched_at = _later(subscription.last_matched_at, job.created_at)
-        self.clients.setdefault(job.client_id, ClientActivity()).jobs += 1
+        self._client(job.client_id).jobs += 1
+
+    def _client(self, client_id: str) -> ClientActivity:
+        client = self.clients.get(client_id)
+        if client is None:
+            client = self.clients[client_id] = ClientActivity()
+        return client

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
 from functools import lru_cache, partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -474,8 +475,15 @@ def _delta(events: Sequence[Event], jobs: Sequence[DispatchJob]) -> ProjectionDe
     return delta
 
 
-def _job_row(job: DispatchJob) -> tuple[Any, ...]:
-    return tuple(_sql_value(getattr(job, column)) for column in JOB_COLUMNS)
+_job_values = attrgetter(*JOB_COLUMNS)
+_TIME_COLUMNS = tuple(n for n, f in enumerate(fields(DispatchJob)) if "datetime" in str(f.type))
+
+
+def _job_row(job: DispatchJob) -> list[Any]:
+    row = list(_job_values(job))
+    for n in _TIME_COLUMNS:
+        row[n] = _sql_value(row[n])
+    return row
 
 
 def _sql_value(value: object) -> object:
