@@ -253,9 +253,10 @@ def describe(error: ValidationError) -> str:
 
 
 def parse_event(document: dict[str, Any], received_at: datetime) -> Event:
-    """Validate a stored document as an event; ``time`` defaults to ``received_at``."""
+    """Validate a stored document as an event; ``time`` defaults to ``received_at``
+    (set in ``document``, which the store made for this call)."""
     if document.get("time") is None:
-        document = {**document, "time": received_at}
+        document["time"] = received_at
     try:
         return Event.model_validate(document)
     except ValidationError as error:

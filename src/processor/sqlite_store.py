@@ -127,21 +127,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
+-- Keyed by text and updated on every batch: WITHOUT ROWID keeps each upsert to one b-tree.
 CREATE TABLE IF NOT EXISTS event_type_counts (
     type  TEXT PRIMARY KEY,
     count INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_stats (
     subscription_id TEXT PRIMARY KEY,
     jobs_created    INTEGER NOT NULL,
     last_matched_at TEXT
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client_activity (
     client_id       TEXT PRIMARY KEY,
     events          INTEGER NOT NULL,
     jobs            INTEGER NOT NULL,
     last_event_time TEXT
-);
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS resume_tokens (
     key        TEXT PRIMARY KEY,
@@ -203,6 +204,7 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@lru_cache(maxsize=4096)  # events inserted together share their received_at
 def parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
@@ -482,7 +484,8 @@ _TIME_COLUMNS = tuple(n for n, f in enumerate(fields(DispatchJob)) if "datetime"
 def _job_row(job: DispatchJob) -> list[Any]:
     row = list(_job_values(job))
     for n in _TIME_COLUMNS:
-        row[n] = _sql_value(row[n])
+        if row[n] is not None:
+            row[n] = timestamp(row[n])
     return row
 
 
