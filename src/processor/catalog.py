@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +23,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from processor.models import Subscription, SubscriptionFields, SubscriptionPatch, describe
-from processor.sqlite_store import EVENT_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, connect, timestamp, transaction
+from processor.sqlite_store import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    JSON_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
+    connect,
+    decode_subscription_row,
+    timestamp,
+    transaction,
+)
 
-SUBSCRIPTION_COLUMNS = ("client_id", "name", "event_type_pattern", "target", "pool_code", "active", "filters")
+WRITABLE_COLUMNS = tuple(column for column in SUBSCRIPTION_COLUMNS if column != "id")
 DEAD_LETTER_COLUMNS = ("position", "event_id", "reason", "raw", "received_at", "created_at")
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
 INSERT_EVENT = (
@@ -96,8 +105,8 @@ class Catalog:
         with self._session(write=True) as connection:
             subscription_id = secrets.token_hex(16)
             connection.execute(
-                f"INSERT INTO subscriptions (id, {', '.join(SUBSCRIPTION_COLUMNS)}) "
-                f"VALUES (?, {', '.join('?' * len(SUBSCRIPTION_COLUMNS))})",
+                f"INSERT INTO subscriptions (id, {', '.join(WRITABLE_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' * len(WRITABLE_COLUMNS))})",
                 (subscription_id, *_subscription_row(document)),
             )
         return Subscription.model_validate({**document, "id": subscription_id})
@@ -126,7 +135,7 @@ class Catalog:
             merged = Subscription.model_validate({**_stored(row), **patch.model_dump(exclude_unset=True)})
             document = subscription_document(merged)
             connection.execute(
-                f"UPDATE subscriptions SET {', '.join(f'{column} = ?' for column in SUBSCRIPTION_COLUMNS)}, "
+                f"UPDATE subscriptions SET {', '.join(f'{column} = ?' for column in WRITABLE_COLUMNS)}, "
                 "updated_at = ? WHERE id = ?",
                 (*_subscription_row(document), timestamp(datetime.now(UTC)), subscription_id),
             )
@@ -228,7 +237,7 @@ def _event_row(event_id: str, event: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _subscription_row(document: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(_encode(column, document[column]) for column in SUBSCRIPTION_COLUMNS)
+    return tuple(_encode(column, document[column]) for column in WRITABLE_COLUMNS)
 
 
 def _encode(column: str, value: Any) -> Any:
@@ -254,13 +263,7 @@ def _subscription_row_by_id(connection: sqlite3.Connection, subscription_id: str
 def _stored(row: sqlite3.Row) -> dict[str, Any]:
     """A stored row decoded as far as it goes; what cannot be decoded is left for
     validation to reject with a reason."""
-    document = {column: row[column] for column in ("id", *SUBSCRIPTION_COLUMNS)}
-    if document["active"] in (0, 1):
-        document["active"] = bool(document["active"])
-    if isinstance(document["filters"], str):
-        with suppress(ValueError):
-            document["filters"] = json.loads(document["filters"])
-    return document
+    return decode_subscription_row({column: row[column] for column in SUBSCRIPTION_COLUMNS})
 
 
 def _subscription(row: sqlite3.Row) -> Subscription:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -389,7 +389,7 @@ class SqliteStore:
         return [
             SubscriptionChange(
                 row["subscription_id"],
-                None if row["document"] is None else _subscription_document(json.loads(row["document"])),
+                None if row["document"] is None else decode_subscription_row(json.loads(row["document"])),
                 row["events_seq"],
             )
             for row in self._connection.execute(query, (parameter,))
@@ -494,11 +494,14 @@ def _sql_value(value: object) -> object:
     return timestamp(value) if isinstance(value, datetime) else value
 
 
-def _subscription_document(document: dict[str, Any]) -> dict[str, Any]:
-    """A logged row as the subscription contract expects it; what cannot be
-    converted is passed on as is, for validation to reject with a reason."""
+def decode_subscription_row(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored or logged row as the subscription contract expects it; what cannot
+    be converted is passed on as is, for validation to reject with a reason."""
     if document.get("active") in (0, 1):
         document["active"] = bool(document["active"])
+    if isinstance(document.get("filters"), str):
+        with suppress(ValueError):
+            document["filters"] = json.loads(document["filters"])
     if document.get("filters") is None:
         document.pop("filters", None)
     return document

@@ -9,7 +9,6 @@ The child must stop cleanly on SIGTERM after every test.
 from __future__ import annotations
 
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.api import MAX_BODY_BYTES
-from tests.processor.harness import Publisher, wait_until
+from tests.processor.harness import Publisher, free_port, wait_until
 
 FC_DEV = Path(sys.executable).with_name("fc-dev")
 STARTUP = 15.0  # seconds for the child to serve and its processor to connect
@@ -32,12 +31,6 @@ SHOP = "shop"
 TARGET = "https://hooks.example.com/in"
 PAYMENT = "payments:card:charge:captured"
 SHIPPED = "orders:fulfillment:shipment:shipped"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -16,7 +16,7 @@ from processor.models import PENDING, DispatchJob
 from processor.resume import RedisTokenStore
 from processor.sqlite_store import SqliteStore
 from processor.store import Fenced, ProcessedBatch
-from tests.processor.harness import Publisher
+from tests.processor.harness import Clock, Publisher
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -36,14 +36,6 @@ def key(client: redis.Redis) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex}"
     yield name
     client.delete(name, epoch_key(name), f"{name}:token")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_only_one_instance_acquires_and_each_acquisition_gets_a_larger_epoch(

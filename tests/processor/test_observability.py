@@ -4,7 +4,6 @@ tells the truth."""
 from __future__ import annotations
 
 import math
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +24,9 @@ from processor.store import (
     StoreUnavailable,
     SubscriptionChange,
 )
-from tests.processor.harness import FAST, Publisher, spawn_processor, wait_until
+from tests.processor.harness import FAST, Clock, Publisher, free_port, spawn_processor, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -163,14 +156,6 @@ def test_health_says_503_when_the_store_disappears_and_200_when_it_returns(
     wait_until(lambda: httpx.get(f"{base}/health").status_code == 200, message="UP again")
     wait_until(publisher.caught_up)
     assert (event, "all") in publisher.jobs()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_health_judges_lag_error_rate_and_role_by_its_thresholds() -> None:

@@ -10,7 +10,6 @@ election (waiting for nothing, or for ever) would take.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.processor.harness import Publisher, spawn_processor, wait_until
+from tests.processor.harness import Publisher, free_port, spawn_processor, wait_until
 
 TTL, RENEW = 2.0, 0.4
 SCHEDULING = 1.5
@@ -184,12 +183,6 @@ def test_a_clean_sigterm_releases_the_lock_and_the_standby_leads_at_once(
     event = pair.publisher.publish(SHIPPED)
     wait_until(pair.publisher.caught_up, message="b to process")
     assert pair.publisher.jobs() >= pair.expected_jobs({event})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
