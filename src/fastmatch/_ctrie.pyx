@@ -47,8 +47,79 @@ cdef extern from *:
     #endif
         return word;
     }
+    /* memcmp(a, b, n) == 0 without a call for the short texts of segments: two
+       words that may overlap cover 8 to 16 bytes, and a few bytes take a loop. */
+    static inline int fm_same(const char *a, const char *b, size_t n) {
+        if (n > 16)
+            return memcmp(a, b, n) == 0;
+        if (n >= 8)
+            return fm_load64(a) == fm_load64(b)
+                && fm_load64(a + n - 8) == fm_load64(b + n - 8);
+        for (size_t i = 0; i < n; i++)
+            if (a[i] != b[i])
+                return 0;
+        return 1;
+    }
     """
     uint64_t load64 "fm_load64"(const char* p) nogil
+    bint same "fm_same"(const char* a, const char* b, size_t n) nogil
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* One bit per byte of the 16 at p that is not a literal character (a letter,
+       a digit, '_', '-' or '.'). The bytes are ASCII, so signed compares do. */
+    static inline unsigned fm_others16(const char *p) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+        __m128i letter = _mm_and_si128(_mm_cmpgt_epi8(folded, _mm_set1_epi8('a' - 1)),
+                                       _mm_cmplt_epi8(folded, _mm_set1_epi8('z' + 1)));
+        __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)),
+                                      _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+        __m128i punct = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('-')), _mm_cmpeq_epi8(v, _mm_set1_epi8('.'))),
+            _mm_cmpeq_epi8(v, _mm_set1_epi8('_')));
+        __m128i literal = _mm_or_si128(_mm_or_si128(letter, digit), punct);
+        return ~(unsigned)_mm_movemask_epi8(literal) & 0xFFFFu;
+    }
+    #endif
+
+    /* Where the characters other than literal ones are in the ASCII text data[:n]:
+       the first `cap` positions go to marks, which has room for cap + 1. Returns
+       how many there are, or cap + 1 when there are more than cap. Sixteen bytes
+       at a time where SSE2 is. */
+    static inline Py_ssize_t fm_scan(const char *data, Py_ssize_t n, Py_ssize_t *marks,
+                                     Py_ssize_t cap, const unsigned char *classes) {
+        Py_ssize_t count = 0, base = 0;
+    #if defined(__SSE2__)
+        char tail[16];
+        for (; base < n; base += 16) {
+            unsigned others;
+            if (n - base >= 16) {
+                others = fm_others16(data + base);
+            } else {  /* the last bytes, padded with a literal: never read past the text */
+                memset(tail, 'a', 16);
+                memcpy(tail, data + base, (size_t)(n - base));
+                others = fm_others16(tail);
+            }
+            for (; others; others &= others - 1) {
+                if (count == cap)
+                    return cap + 1;
+                marks[count++] = base + __builtin_ctz(others);
+            }
+        }
+    #else
+        for (; base < n; base++) {  /* branch-free: every position is noted, few are kept */
+            marks[count < cap ? count : cap] = base;  /* marks[cap] is scratch */
+            count += classes[(unsigned char)data[base]] != 0;
+        }
+    #endif
+        return count;
+    }
+    """
+    Py_ssize_t scan "fm_scan"(const char* data, Py_ssize_t n, Py_ssize_t* marks, Py_ssize_t cap,
+                              const uint8_t* classes) nogil
 
 cdef enum:
     LEVELS = 4
@@ -120,8 +191,8 @@ cdef struct Segments:
 cdef inline bint split(object text, Segments* out, bint allow_star) noexcept:
     """Validate ``text``, find its segments and hash them; False if invalid.
 
-    The byte loop only notes where the characters other than literal ones are,
-    without a branch, so it runs at memory speed; those few are checked after.
+    The scan only notes where the characters other than literal ones are, many
+    bytes at a time; those few are checked after.
     """
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
     if n < 7 or not PyUnicode_IS_ASCII(text):  # "a:b:c:d" is the shortest valid text
@@ -131,9 +202,7 @@ cdef inline bint split(object text, Segments* out, bint allow_star) noexcept:
     cdef Py_ssize_t i, k, count = 0, start = 0
     cdef int level = 0
     cdef uint8_t kind
-    for i in range(n):
-        marks[count & (MAX_MARKS - 1)] = i
-        count += CHAR_CLASS[<uint8_t>data[i]] != LITERAL_CHAR
+    count = scan(data, n, marks, MAX_MARKS - 1, CHAR_CLASS)
     if count >= MAX_MARKS:
         return False
     out.data = data
@@ -160,11 +229,29 @@ cdef struct Entry:
     uint64_t id         # unique for the index's lifetime; the root is 0 and has no entry
     uint64_t parent     # the parent's id
     PyObject* keys      # leaves: the key itself if there is one, else a tuple; owned
+    uint64_t children   # inner nodes: which children may exist, see literal_bit
     uint32_t length     # of the segment
-    uint32_t literals   # children other than '*'
-    uint32_t star       # 1 if there is a '*' child
-    uint32_t count      # keys held, 0 for inner nodes
+    uint32_t count      # inner nodes: children; leaves: keys held
     char text[INLINE]   # the segment when it fits, else a pointer to an owned copy
+
+
+cdef enum:
+    STAR_CHILD = 1  # the bit of Entry.children set exactly while a '*' child exists
+
+
+cdef inline uint64_t literal_bit(uint64_t segment) noexcept nogil:
+    """The bit of ``Entry.children`` that a literal child with this segment hash sets.
+
+    One of 63 bits, picked by the hash, and left set after the child is removed
+    (another child may share it): a clear bit proves there is no such child,
+    which spares a match the probe of a miss (the long one in a table this full),
+    mostly below wildcards, where the children are few.
+    """
+    return 2ULL << (((segment >> 32) * 63) >> 32)  # a 32-bit number scaled to 0..62
+
+
+cdef inline bint is_star(Segments* segs, int level) noexcept:
+    return segs.length[level] == 1 and segs.data[segs.start[level]] == b"*"
 
 
 cdef inline const char* entry_text(Entry* entry) noexcept nogil:
@@ -188,7 +275,7 @@ cdef inline Entry* find(Table* table, uint64_t h, uint64_t parent, const char* t
         if entry.id == 0:
             return NULL
         if (entry.hash == h and entry.parent == parent and entry.length == length
-                and memcmp(entry_text(entry), text, length) == 0):
+                and same(entry_text(entry), text, length)):
             return entry
         i = (i + 1) & table.mask
 
@@ -232,8 +319,7 @@ cdef Entry* insert(Table* table, uint64_t h, uint64_t id, uint64_t parent, const
     entry.parent = parent
     entry.keys = NULL
     entry.length = <uint32_t>length
-    entry.literals = 0
-    entry.star = 0
+    entry.children = 0
     entry.count = 0
     if copy != NULL:
         (<char**>entry.text)[0] = copy
@@ -261,10 +347,6 @@ cdef void delete(Table* table, Entry* entry) noexcept:
         i = j
     table.slots[i].id = 0
     table.used -= 1
-
-
-cdef inline bint is_star(Segments* segs, int level) noexcept:
-    return segs.length[level] == 1 and segs.data[segs.start[level]] == b"*"
 
 
 cdef struct Cached:
@@ -392,10 +474,8 @@ cdef class PatternIndex:
             child = self._child(node, &segs, level)
             if child == NULL:
                 # Inserting may move entries, so count the child on the parent first.
-                if is_star(&segs, level):
-                    node.star = 1
-                else:
-                    node.literals += 1
+                node.children |= STAR_CHILD if is_star(&segs, level) else literal_bit(segs.hash[level])
+                node.count += 1
                 child = insert(&self._table, child_hash(node.hash, segs.hash[level]),
                                self._next_id, node.id,
                                segs.data + segs.start[level], segs.length[level])
@@ -434,14 +514,13 @@ cdef class PatternIndex:
         # Prune the branch bottom-up while it holds nothing.
         for level in range(LEVELS, 0, -1):
             node = self._locate(path[level], ids[level])
-            if node.count or node.literals or node.star:
+            if node.count:
                 break
             delete(&self._table, node)
             parent = self._locate(path[level - 1], ids[level - 1])
+            parent.count -= 1
             if is_star(&segs, level - 1):
-                parent.star = 0
-            else:
-                parent.literals -= 1
+                parent.children &= ~(<uint64_t>STAR_CHILD)
         self._entries -= 1
         Py_XDECREF(old)
         self._clear_cache()
@@ -487,28 +566,33 @@ cdef class PatternIndex:
         if not isinstance(event_type, str) or not split(event_type, &segs, False):
             raise explain(event_type, what="event type")
         cdef Table* table = &self._table
-        cdef uint64_t h = self._root.hash
+        cdef uint64_t path[LEVELS + 1]  # the path hashes of the literal path
         cdef int level, i, width = 1, count = 0
         # The literal path's slots are known now: let memory fetch them all at once.
+        path[0] = self._root.hash
         for level in range(LEVELS):
-            h = child_hash(h, segs.hash[level])
-            prefetch(&table.slots[h & table.mask])
+            path[level + 1] = child_hash(path[level], segs.hash[level])
+            prefetch(&table.slots[path[level + 1] & table.mask])
         cdef Entry* buffers[2][MAX_FRONTIER]
         cdef Entry** frontier = buffers[0]
         cdef Entry** reached = buffers[1]
         cdef Entry* node
         cdef Entry* child
+        cdef uint64_t literal
         frontier[0] = &self._root
         for level in range(LEVELS):
             count = 0
+            literal = literal_bit(segs.hash[level])
             for i in range(width):
                 node = frontier[i]
-                if node.literals:
-                    child = self._child(node, &segs, level)
+                if node.children & literal:
+                    child = find(table, path[level + 1] if node.hash == path[level]
+                                 else child_hash(node.hash, segs.hash[level]),
+                                 node.id, segs.data + segs.start[level], segs.length[level])
                     if child != NULL:
                         reached[count] = child
                         count += 1
-                if node.star:
+                if node.children & STAR_CHILD:
                     reached[count] = find(table, child_hash(node.hash, STAR_HASH), node.id, b"*", 1)
                     count += 1
             if count == 0:

@@ -391,3 +391,23 @@ def test_invalid_pattern_beats_key_error_on_remove(index_cls: IndexClass) -> Non
         index.remove("orders:fulfillment:ship*:shipped", "absent")
     with pytest.raises(InvalidPattern, match="has 5 segments"):
         index.remove("a:b:c:d:e", "absent")
+
+
+def test_every_ascii_character_at_every_offset(index_cls: IndexClass) -> None:
+    """The compiled trie scans sixteen bytes at a time and the last few apart:
+    each byte, at each offset of a text longer than three such blocks, is classed
+    as the contract says, whatever block or tail it falls in."""
+    index = index_cls()
+    index.add("*:*:*:*", "all")
+    base = "orders-2:fulfillment.eu:shipment_item:shipped-late"  # 50 characters
+    literal = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+    for offset, original in enumerate(base):
+        if original == ":":
+            continue
+        for code in range(128):
+            text = base[:offset] + chr(code) + base[offset + 1 :]
+            if chr(code) in literal:
+                assert index.match(text) == ["all"], text
+            else:
+                with pytest.raises(InvalidPattern):
+                    index.match(text)
