@@ -37,7 +37,7 @@ from processor.jobs import job_id
 from processor.loop import Processor, Settings
 from processor.models import PENDING
 from processor.sqlite_store import (
-    EVENT_COLUMNS,
+    READ_FEED,
     RESUME_KEY,
     SqliteFeed,
     SqliteStore,
@@ -178,9 +178,6 @@ def job_rows(template: Path, batch_size: int) -> list[list[tuple[Any, ...]]]:
     return batches
 
 
-READ_EVENTS = (
-    f"SELECT seq, received_at, {', '.join(EVENT_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-)
 INSERT_JOB_ROW = (
     "INSERT OR IGNORE INTO dispatch_jobs (id, event_id, subscription_id, client_id, status, target, "
     "pool_code, scheduled_at, attempts, last_attempt_at, last_error, created_at) "
@@ -203,8 +200,10 @@ class LimitRound:
 
     def step(self, jobs: list[tuple[Any, ...]]) -> None:
         connection = self.connection
-        events = connection.execute(READ_EVENTS, (self.after, self.batch_size)).fetchall()
-        self.after = events[-1]["seq"]
+        cursor = connection.cursor()
+        cursor.row_factory = None  # tuples, as the processor's feed reads them
+        events = cursor.execute(READ_FEED, (self.after, self.batch_size)).fetchall()
+        self.after = events[-1][0]
         self.events += len(events)
         connection.execute("BEGIN IMMEDIATE")
         connection.executemany(INSERT_JOB_ROW, jobs)

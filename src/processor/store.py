@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from processor.models import DeadLetter, DispatchJob, Event
 
@@ -34,9 +34,9 @@ class StoreMisconfigured(Exception):
     missing unique index, say); retrying will not help, an operator must act."""
 
 
-@dataclass(frozen=True, slots=True)
-class FeedEntry:
-    """One inserted event, as the store holds it."""
+class FeedEntry(NamedTuple):
+    """One inserted event, as the store holds it. A named tuple: one is built per
+    event, and a frozen dataclass takes three times as long to build."""
 
     order: int  # grows in commit order; compared with SubscriptionChange.effective_after
     position: str

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from processor.jobs import job_id
+from processor.models import PENDING, DispatchJob
 from processor.sqlite_store import SqliteStore, connect
 from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
 from tests.processor.harness import Publisher, Running, wait_until
@@ -230,6 +233,38 @@ def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) ->
     assert {event for event, _ in jobs} == set(events)
 
 
+def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
+    db: Path, publisher: Publisher
+) -> None:
+    store = SqliteStore(db)
+    now = datetime.now(UTC)
+
+    def job(event_id: str, subscription_id: str) -> DispatchJob:
+        return DispatchJob(
+            id=job_id(event_id, subscription_id),
+            event_id=event_id,
+            subscription_id=subscription_id,
+            client_id="acme",
+            status=PENDING,
+            target="https://example.com/hook",
+            pool_code="default",
+            scheduled_at=now,
+            attempts=0,
+            last_attempt_at=None,
+            last_error=None,
+            created_at=now,
+        )
+
+    first = [job("e1", "a"), job("e2", "a")]
+    assert store.commit(ProcessedBatch([], first, [], None)) == CommitReport(jobs_created=2, duplicates=0)
+    mixed = [job("e2", "a"), job("e3", "a"), job("e1", "a"), job("e4", "b")]
+    assert store.commit(ProcessedBatch([], mixed, [], None)) == CommitReport(jobs_created=2, duplicates=2)
+    store.close()
+    assert publisher.job_count() == 4
+    stats = dict(publisher.sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
+    assert stats == {"a": 3, "b": 1}, "a job written before is not counted again"
+
+
 def test_a_first_start_begins_at_the_current_point_and_keeps_it(db: Path, publisher: Publisher) -> None:
     publisher.subscribe("all", "*:*:*:*")
     publisher.publish(SHIPPED)  # before the first start: not this processor's to handle
@@ -247,7 +282,7 @@ def test_an_idle_feed_waits_without_spinning(store: SqliteStore, publisher: Publ
     reads = 0
     real_read = feed._read
 
-    def counting_read(max_events: int) -> list[sqlite3.Row]:
+    def counting_read(max_events: int) -> list[tuple[Any, ...]]:
         nonlocal reads
         reads += 1
         return real_read(max_events)
