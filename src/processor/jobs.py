@@ -22,20 +22,22 @@ def job_id(event_id: str, subscription_id: str) -> str:
 
 
 def create_jobs(event: Event, subscriptions: Iterable[Subscription], now: datetime) -> list[DispatchJob]:
+    # Positional, in the order of DispatchJob's fields: two jobs are built per event
+    # in the hot loop, and twelve keywords take as long again as the rest of it.
     return [
         DispatchJob(
-            id=job_id(event.id, subscription.id),
-            event_id=event.id,
-            subscription_id=subscription.id,
-            client_id=event.client_id,
-            status=PENDING,
-            target=subscription.target,
-            pool_code=subscription.pool_code,
-            scheduled_at=now,
-            attempts=0,
-            last_attempt_at=None,
-            last_error=None,
-            created_at=now,
+            job_id(event.id, subscription.id),  # id
+            event.id,  # event_id
+            subscription.id,  # subscription_id
+            event.client_id,  # client_id
+            PENDING,  # status
+            subscription.target,  # target
+            subscription.pool_code,  # pool_code
+            now,  # scheduled_at
+            0,  # attempts
+            None,  # last_attempt_at
+            None,  # last_error
+            now,  # created_at
         )
         for subscription in subscriptions
     ]
