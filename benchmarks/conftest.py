@@ -17,13 +17,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         rows = sorted((f for f in FIGURES if f.table == table), key=lambda f: f.group)
         write("")
         write(f"{table}:")
-        write(f"  {'group':<28} {'contender':<12} {'rate':>16} {'vs reference':>13}")
+        write(f"  {'group':<28} {'contender':<12} {'rate':>16} {'vs reference':>14}")
         for figure in rows:
             reference = next(
                 (f for f in rows if f.group == figure.group and f.contender == "reference"), None
             )
-            ratio = f"{figure.rate / reference.rate:.3f}" if reference else "-"
-            write(f"  {figure.group:<28} {figure.contender:<12} {figure.rate:>12,.0f} op/s {ratio:>13}")
+            found = figure.ratio(reference)
+            ratio = "-" if found is None else f"{found:.3f}{'*' if figure.reference_rate else ' '}"
+            write(f"  {figure.group:<28} {figure.contender:<12} {figure.rate:>12,.0f} op/s {ratio:>14}")
+    if any(f.reference_rate for f in FIGURES):
+        write("")
+        write("* to the reference timed in turn with the contender's rounds, in the same test")
     for table in dict.fromkeys(m.table for m in MEASURES):
         write("")
         write(f"{table}:")

@@ -18,6 +18,9 @@ exactly two matches per event, payloads of three fields, written with plain SQL.
   decoding, validation, matching, jobs, projections and the resume token.
   "loop-python" is the same with the pure-Python matcher, timed in a process of
   its own (``FASTMATCH_PURE_PYTHON=1`` is read at import), best of fewer rounds.
+  Each loop round follows a round of the limit, timed too, on a fresh copy: the
+  loop's ratio is to the limit timed in turn with it (``figures.InTurn``); the
+  "reference" test gives the limit's rate on its own.
 - Latency: ``fc-stream-processor`` as a child process; a publisher inserts one
   event every millisecond for 5 s, each in its own transaction, and notes the
   wall time when the insert returned. Per event: its job's ``created_at`` (the
@@ -51,7 +54,7 @@ from uuid import uuid4
 import pytest
 
 import fastmatch
-from benchmarks.figures import FIGURES, MEASURES, VERDICTS, Figure, measure, record
+from benchmarks.figures import FIGURES, MEASURES, VERDICTS, Figure, InTurn, measure, record
 from benchmarks.processes import ProcessorChild
 from benchmarks.workload import (
     MATCHES_PER_EVENT,
@@ -62,6 +65,7 @@ from benchmarks.workload import (
     event_rows,
     fresh_copy,
     job_rows,
+    limit_round,
 )
 from processor.sqlite_store import RESUME_KEY, connect
 
@@ -119,10 +123,13 @@ def test_store_limit(benchmark: Any, template: Path, tmp_path: Path, batch_size:
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 def test_loop_throughput(benchmark: Any, template: Path, tmp_path: Path, batch_size: int) -> None:
     rounds: list[LoopRound] = []
+    batches = job_rows(template, batch_size)
+    limit = InTurn(EVENTS - batch_size)
 
     def setup() -> tuple[tuple[LoopRound], dict[str, Any]]:
         for done in rounds:
             done.close()
+        limit_round(template, tmp_path, batches, batch_size, limit)
         rounds.append(LoopRound(fresh_copy(template, tmp_path / "loop.db"), batch_size))
         return (rounds[-1],), {}
 
@@ -132,7 +139,14 @@ def test_loop_throughput(benchmark: Any, template: Path, tmp_path: Path, batch_s
     last.close()
     assert last.events == EVENTS - batch_size
     assert last.jobs() == EVENTS * MATCHES_PER_EVENT, "the loop did not write every job"
-    record(THROUGHPUT, group(batch_size), f"loop-{fastmatch.IMPLEMENTATION}", EVENTS - batch_size, benchmark)
+    record(
+        THROUGHPUT,
+        group(batch_size),
+        f"loop-{fastmatch.IMPLEMENTATION}",
+        EVENTS - batch_size,
+        benchmark,
+        reference=limit,
+    )
 
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
@@ -155,8 +169,16 @@ def test_loop_throughput_pure_python(template: Path, tmp_path: Path, batch_size:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["implementation"] == "python"
     assert result["events"] == EVENTS - batch_size
+    limit_rate = result["events"] / min(result["limit_seconds"])
     FIGURES.append(
-        Figure(THROUGHPUT, group(batch_size), "loop-python", result["events"], min(result["seconds"]))
+        Figure(
+            THROUGHPUT,
+            group(batch_size),
+            "loop-python",
+            result["events"],
+            min(result["seconds"]),
+            limit_rate,
+        )
     )
 
 
@@ -331,7 +353,7 @@ def test_memory_under_backlog(tmp_path: Path) -> None:
 
 def verdicts(figures: list[Figure]) -> list[str]:
     """The issue's targets for the loop, from this run."""
-    rate = {(f.group, f.contender): f.rate for f in figures if f.table == THROUGHPUT}
+    found = {(f.group, f.contender): f for f in figures if f.table == THROUGHPUT}
     value = {m.name: m.value for m in MEASURES if m.table in (LATENCY, MEMORY)}
     lines = ["Targets of the loop (from this run):"]
 
@@ -344,14 +366,14 @@ def verdicts(figures: list[Figure]) -> list[str]:
         lines.append(f"  {label}: {figure:,.3g} (target {sign} {target:g}) {'met' if met else 'NOT met'}")
 
     def ratio(batch_size: int, contender: str) -> float | None:
-        top, bottom = rate.get((group(batch_size), contender)), rate.get((group(batch_size), "reference"))
-        return top / bottom if top and bottom else None
+        top = found.get((group(batch_size), contender))
+        return top.ratio(found.get((group(batch_size), "reference"))) if top else None
 
     for contender in ("loop-cython", "loop-python"):
         check(f"{contender} / store limit, batch 100 (the default)", ratio(100, contender), 0.5)
     for contender in ("loop-cython", "loop-python"):
-        found = ratio(1_000, contender)
-        shown = "not measured in this run" if found is None else f"{found:,.3g} (reported, no target)"
+        measured = ratio(1_000, contender)
+        shown = "not measured in this run" if measured is None else f"{measured:,.3g} (reported, no target)"
         lines.append(f"  {contender} / store limit, batch 1,000: {shown}")
     check(
         "insert -> job created_at, median, ms",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import fastmatch
+from benchmarks.figures import InTurn
 from fastmatch import PatternIndex
 from processor.jobs import job_id
 from processor.loop import Processor, Settings
@@ -255,14 +256,30 @@ class LoopRound:
         self.store.close()
 
 
+def limit_round(
+    template: Path, workdir: Path, batches: list[list[tuple[Any, ...]]], batch_size: int, limit: InTurn
+) -> None:
+    """One round of the store's limit on a fresh copy of ``template``, timed into ``limit``."""
+    round_ = LimitRound(fresh_copy(template, workdir / "limit.db"), batches, batch_size)
+    gc.collect()
+    gc.disable()
+    limit.time(round_.run)
+    gc.enable()
+    round_.close()
+
+
 def time_loop(
     template: Path, workdir: Path, batch_size: int, rounds: int, *, disable_gc: bool = True
 ) -> dict[str, Any]:
-    """Each of ``rounds`` timed loop rounds, for a process of its own; the garbage
-    collector is off while the clock runs, as ``--benchmark-disable-gc`` has it."""
+    """Each of ``rounds`` timed loop rounds, for a process of its own, each after a
+    round of the store's limit; the garbage collector is off while the clock runs,
+    as ``--benchmark-disable-gc`` has it."""
     seconds = []
     events = 0
+    batches = job_rows(template, batch_size)
+    limit = InTurn(0)
     for number in range(rounds):
+        limit_round(template, workdir, batches, batch_size, limit)
         loop = LoopRound(fresh_copy(template, workdir / f"loop-{number}.db"), batch_size)
         gc.collect()
         if disable_gc:
@@ -273,7 +290,12 @@ def time_loop(
         gc.enable()
         events = loop.events
         loop.close()
-    return {"implementation": fastmatch.IMPLEMENTATION, "events": events, "seconds": seconds}
+    return {
+        "implementation": fastmatch.IMPLEMENTATION,
+        "events": events,
+        "seconds": seconds,
+        "limit_seconds": [limit.best],
+    }
 
 
 def main(argv: list[str]) -> int:
