@@ -3,6 +3,7 @@ subscriptions, dead letters, retries and replays."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from processor.jobs import job_id
-from processor.models import PENDING, DispatchJob
+from processor.models import PENDING, DispatchJob, parse_event
 from processor.sqlite_store import SqliteStore, connect
 from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
 from tests.processor.harness import Publisher, Running, wait_until
@@ -265,6 +266,40 @@ def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
     assert stats == {"a": 3, "b": 1}, "a job written before is not counted again"
 
 
+# Payloads at the edges of JSON: whatever the feed does to decode them, events
+# carry what Python's own JSON decoder makes of the stored text.
+PAYLOADS = [
+    '{"a": null, "b": [null, 1], "c": {"d": {"e": [1, {"f": null}]}}}',
+    '{"n": 123456789012345678901234567890, "m": -9007199254740993}',
+    '{"f": 1.0, "g": 1e300, "h": -0.0, "i": 0.1, "j": 2.5e-7}',
+    r'{"s": "é😀 \"q\" \\ \u00e9 \ud83d\ude00"}',
+    r'"\ud800"',
+    '{"x": NaN, "y": Infinity}',
+    "[]",
+    "{}",
+    '  {"w": 1}  ',
+    "null",
+    "7",
+    '"text"',
+    '{"dup": 1, "dup": 2}',
+]
+
+
+def test_the_feed_decodes_payloads_as_python_json_does(store: SqliteStore, publisher: Publisher) -> None:
+    feed = store.open_feed(store.resume_token())
+    for data in PAYLOADS:
+        publisher.sql.execute(
+            "INSERT INTO events (type, client_id, data) VALUES (?, ?, ?)", (SHIPPED, "acme", data)
+        )
+    entries = feed.next_batch(100, 1.0).entries
+    assert len(entries) == len(PAYLOADS)
+    for data, entry in zip(PAYLOADS, entries, strict=True):
+        assert entry.document is not None, data
+        event = parse_event(entry.document, entry.received_at)
+        assert repr(event.data) == repr(json.loads(data)), data  # repr: NaN, -0.0 and types count
+        assert event.time == entry.received_at, "time defaults to when the store received the event"
+
+
 def test_a_first_start_begins_at_the_current_point_and_keeps_it(db: Path, publisher: Publisher) -> None:
     publisher.subscribe("all", "*:*:*:*")
     publisher.publish(SHIPPED)  # before the first start: not this processor's to handle
@@ -273,7 +308,7 @@ def test_a_first_start_begins_at_the_current_point_and_keeps_it(db: Path, publis
     assert publisher.token() == "1", "the starting point is saved before any batch"
     later = publisher.publish(SHIPPED)
     batch = feed.next_batch(10, 1.0)
-    assert [entry.document["id"] for entry in batch.entries if entry.document] == [later]
+    assert [entry.event_id for entry in batch.entries] == [later]
     store.close()
 
 
