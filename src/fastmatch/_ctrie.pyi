@@ -4,6 +4,8 @@ from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
+SCAN: str
+
 class PatternIndex(Generic[K]):
     def __init__(self, cache_size: int = 4096) -> None: ...
     def __len__(self) -> int: ...

@@ -87,8 +87,8 @@ cdef extern from *:
 
     /* Where the characters other than literal ones are in the ASCII text data[:n]:
        the first `cap` positions go to marks, which has room for cap + 1. Returns
-       how many there are, or cap + 1 when there are more than cap. Sixteen bytes
-       at a time where SSE2 is. */
+       how many there are, or at least cap + 1 when there are more than cap.
+       Sixteen bytes at a time where SSE2 is. */
     static inline Py_ssize_t fm_scan(const char *data, Py_ssize_t n, Py_ssize_t *marks,
                                      Py_ssize_t cap, const unsigned char *classes) {
         Py_ssize_t count = 0, base = 0;
@@ -120,6 +120,18 @@ cdef extern from *:
     """
     Py_ssize_t scan "fm_scan"(const char* data, Py_ssize_t n, Py_ssize_t* marks, Py_ssize_t cap,
                               const uint8_t* classes) nogil
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #define FM_SCAN "sse2"
+    #else
+    #define FM_SCAN "bytes"
+    #endif
+    """
+    const char* FM_SCAN
+
+SCAN = FM_SCAN.decode()  # how this build scans a text: "sse2", or "bytes" where there is no SSE2
 
 cdef enum:
     LEVELS = 4
@@ -397,7 +409,7 @@ cdef class PatternIndex:
     """Event-type patterns mapped to keys, matched by a compiled segment trie."""
 
     cdef Table _table
-    cdef Entry _root            # never in the table; only its child counts are used
+    cdef Entry _root            # never in the table; only its children's count and filter are used
     cdef uint64_t _next_id
     cdef Py_ssize_t _entries
     cdef dict _leaf_keys        # pattern -> dict of its keys, in insertion order
@@ -470,18 +482,19 @@ cdef class PatternIndex:
             return
         keys[key] = None  # an unhashable key fails here, before the trie changes
         self._leaf_keys[text] = keys
-        for level in range(LEVELS):
-            child = self._child(node, &segs, level)
-            if child == NULL:
-                # Inserting may move entries, so count the child on the parent first.
-                node.children |= STAR_CHILD if is_star(&segs, level) else literal_bit(segs.hash[level])
-                node.count += 1
-                child = insert(&self._table, child_hash(node.hash, segs.hash[level]),
-                               self._next_id, node.id,
-                               segs.data + segs.start[level], segs.length[level])
-                self._next_id += 1
-            node = child
-        self._set_keys(node, keys, &old)
+        try:
+            for level in range(LEVELS):
+                child = self._child(node, &segs, level)
+                if child == NULL:
+                    child = self._add_child(node, &segs, level)
+                node = child
+            self._set_keys(node, keys, &old)
+        except MemoryError:
+            # Nodes made on the way stay, empty, and are harmless; the key is not added.
+            del keys[key]
+            if not keys:
+                del self._leaf_keys[text]
+            raise
         self._entries += 1
         Py_XDECREF(old)
         self._clear_cache()
@@ -510,7 +523,12 @@ cdef class PatternIndex:
             node = self._child(node, &segs, level)
             path[level + 1] = node.hash
             ids[level + 1] = node.id
-        self._set_keys(node, keys, &old)
+        try:
+            self._set_keys(node, keys, &old)
+        except MemoryError:
+            keys[key] = None  # the leaf still holds the key: so must the record of its keys
+            self._leaf_keys[text] = keys
+            raise
         # Prune the branch bottom-up while it holds nothing.
         for level in range(LEVELS, 0, -1):
             node = self._locate(path[level], ids[level])
@@ -525,6 +543,19 @@ cdef class PatternIndex:
         Py_XDECREF(old)
         self._clear_cache()
 
+    cdef Entry* _add_child(self, Entry* node, Segments* segs, int level) except NULL:
+        """Insert ``node``'s child for ``segs[level]`` and count it on ``node``: in
+        that order, so that an insert that fails leaves ``node`` as it was."""
+        cdef uint64_t parent_hash = node.hash, parent_id = node.id
+        cdef Entry* child = insert(&self._table, child_hash(parent_hash, segs.hash[level]),
+                                   self._next_id, parent_id,
+                                   segs.data + segs.start[level], segs.length[level])
+        self._next_id += 1
+        node = self._locate(parent_hash, parent_id)  # the insert may have moved every entry
+        node.children |= STAR_CHILD if is_star(segs, level) else literal_bit(segs.hash[level])
+        node.count += 1
+        return child
+
     cdef Entry* _locate(self, uint64_t h, uint64_t id) noexcept:
         if id == 0:
             return &self._root
@@ -535,11 +566,14 @@ cdef class PatternIndex:
 
     cdef void _set_keys(self, Entry* leaf, dict keys, PyObject** old) except *:
         """Hold a lone key as itself, which saves a match one memory access, else a
-        tuple; the previous holding goes to ``old``, for the caller to release."""
+        tuple; the previous holding goes to ``old``, for the caller to release. The
+        tuple is made first: if that fails, the leaf is left as it was."""
+        cdef object held = tuple(keys) if len(keys) > 1 else None
+        if len(keys) == 1:
+            held = next(iter(keys))
         old[0] = leaf.keys
         leaf.keys = NULL
         if keys:
-            held = next(iter(keys)) if len(keys) == 1 else tuple(keys)
             Py_INCREF(held)
             leaf.keys = <PyObject*>held
         leaf.count = <uint32_t>len(keys)

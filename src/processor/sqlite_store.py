@@ -412,17 +412,28 @@ class SqliteStore:
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
         """Insert and return the jobs that were new. The batch insert skips the jobs
-        that are there already; when it skipped some, the rows it added (after the
-        largest ``seq`` before it) say which were new. No savepoint: one would make
-        SQLite keep a copy of every page the insert changes, in case of a rollback."""
+        that are there already; when it skipped some, the rows it added (those past
+        the largest ``seq`` before it: SQLite gives a new row the largest plus one,
+        as long as that is below 2**63, which no row of this store comes near)
+        say which were new. No savepoint: one would make SQLite keep a copy of every
+        page the insert changes, in case of a rollback."""
         if not jobs:
             return jobs
         connection = self._connection
         (last,) = connection.execute("SELECT coalesce(max(seq), 0) FROM dispatch_jobs").fetchone()
         if connection.executemany(INSERT_JOB, map(_job_row, jobs)).rowcount == len(jobs):
             return jobs
-        added = {row[0] for row in connection.execute("SELECT id FROM dispatch_jobs WHERE seq > ?", (last,))}
-        return [job for job in jobs if job.id in added]
+        rows = connection.execute(
+            "SELECT event_id, subscription_id FROM dispatch_jobs WHERE seq > ?", (last,)
+        )
+        added = {(row[0], row[1]) for row in rows}
+        new_jobs = []
+        for job in jobs:  # of equal jobs in one batch, the first was written
+            pair = (job.event_id, job.subscription_id)
+            if pair in added:
+                added.discard(pair)
+                new_jobs.append(job)
+        return new_jobs
 
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         self._connection.executemany(

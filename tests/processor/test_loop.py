@@ -260,10 +260,12 @@ def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
     assert store.commit(ProcessedBatch([], first, [], None)) == CommitReport(jobs_created=2, duplicates=0)
     mixed = [job("e2", "a"), job("e3", "a"), job("e1", "a"), job("e4", "b")]
     assert store.commit(ProcessedBatch([], mixed, [], None)) == CommitReport(jobs_created=2, duplicates=2)
+    twice = [job("e5", "a"), job("e5", "a")]
+    assert store.commit(ProcessedBatch([], twice, [], None)) == CommitReport(jobs_created=1, duplicates=1)
     store.close()
-    assert publisher.job_count() == 4
+    assert publisher.job_count() == 5
     stats = dict(publisher.sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
-    assert stats == {"a": 3, "b": 1}, "a job written before is not counted again"
+    assert stats == {"a": 4, "b": 1}, "a job written before, or twice in a batch, is counted once"
 
 
 # Payloads at the edges of JSON: whatever the feed does to decode them, events
