@@ -277,7 +277,7 @@ def time_loop(
     seconds = []
     events = 0
     batches = job_rows(template, batch_size)
-    limit = InTurn(0)
+    limit = InTurn(operations=0)  # only its best time goes back
     for number in range(rounds):
         limit_round(template, workdir, batches, batch_size, limit)
         loop = LoopRound(fresh_copy(template, workdir / f"loop-{number}.db"), batch_size)
@@ -294,7 +294,7 @@ def time_loop(
         "implementation": fastmatch.IMPLEMENTATION,
         "events": events,
         "seconds": seconds,
-        "limit_seconds": [limit.best],
+        "limit_seconds": limit.best,
     }
 
 
