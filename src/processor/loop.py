@@ -71,6 +71,7 @@ class Processor:
         self._lease: Callable[[], bool] = lambda: True
         self.stop_requested = threading.Event()
         self._clock = clock
+        self._retrying: dict[str, tenacity.Retrying] = {}
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -190,7 +191,22 @@ class Processor:
     def retry(self, operation: str, call: Callable[..., T], *args: object) -> T:
         """``call(*args)`` until it succeeds, backing off between failures; a stop
         request or the end of the lease ends the wait (``Stopped``)."""
+        retrying = self._retrying.get(operation)
+        if retrying is None:  # built once per operation: it is in the path of every batch
+            retrying = self._retrying[operation] = self._retrying_for(operation)
+        try:
+            result = retrying(call, *args)
+        except (StoreMisconfigured, Fenced):
+            raise
+        except Exception:
+            if not self._may_continue():
+                raise Stopped from None
+            raise
+        if retrying.statistics.get("attempt_number", 1) > 1 and operation == "read":
+            self.metrics.reconnects.inc()  # the feed answers again after failing
+        return result
 
+    def _retrying_for(self, operation: str) -> tenacity.Retrying:
         def note_failure(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             self.metrics.store_errors.labels(operation, type(error).__name__).inc()
@@ -203,7 +219,7 @@ class Processor:
                 error,
             )
 
-        retrying = tenacity.Retrying(
+        return tenacity.Retrying(
             retry=tenacity.retry_if_not_exception_type((StoreMisconfigured, Fenced)),
             # "Full jitter": a random wait up to the capped exponential, so that
             # instances that failed together do not retry together.
@@ -215,14 +231,3 @@ class Processor:
             before_sleep=note_failure,
             reraise=True,
         )
-        try:
-            result = retrying(call, *args)
-        except (StoreMisconfigured, Fenced):
-            raise
-        except Exception:
-            if not self._may_continue():
-                raise Stopped from None
-            raise
-        if retrying.statistics.get("attempt_number", 1) > 1 and operation == "read":
-            self.metrics.reconnects.inc()  # the feed answers again after failing
-        return result

@@ -64,12 +64,10 @@ class SubscriptionMatcher:
             del self._indexes[old.client_id]
 
     def match(self, event: Event) -> list[Subscription]:
+        """The subscriptions that want ``event``: held (so active), of its client,
+        with a pattern that matches its type and filters that hold."""
         index = self._indexes.get(event.client_id)
         if index is None:
             return []
-        found = []
-        for subscription_id in index.match(event.type):
-            subscription = self._subscriptions[subscription_id]
-            if subscription.accept(event):
-                found.append(subscription)
-        return found
+        found = map(self._subscriptions.__getitem__, index.match(event.type))
+        return [s for s in found if s.filters is None or s.filters.accept(event)]

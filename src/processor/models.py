@@ -8,6 +8,7 @@ person can act on, and a bad request gets a 4xx that says what to fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Self
@@ -166,14 +167,6 @@ class Subscription(SubscriptionFields):
 
     id: Identifier
 
-    def accept(self, event: Event) -> bool:
-        """Whether this subscription wants ``event``, its pattern already matched."""
-        return (
-            self.active
-            and self.client_id == event.client_id
-            and (self.filters is None or self.filters.accept(event))
-        )
-
 
 class SubscriptionPatch(BaseModel):
     """A partial update; fields left out keep their value."""
@@ -241,13 +234,17 @@ def describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+# Event.model_validate minus its wrapper, which added a quarter to the cost of each event.
+_validate_event: Callable[[dict[str, Any]], Event] = Event.__pydantic_validator__.validate_python
+
+
 def parse_event(document: dict[str, Any], received_at: datetime) -> Event:
     """Validate a stored document as an event; ``time`` defaults to ``received_at``
     (set in ``document``, which the store made for this call)."""
     if document.get("time") is None:
         document["time"] = received_at
     try:
-        return Event.model_validate(document)
+        return _validate_event(document)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]["loc"]
         raise InvalidEvent(describe(error), f"invalid_{first[0] if first else 'document'}") from None

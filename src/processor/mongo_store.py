@@ -466,13 +466,10 @@ class MongoStore:
 
         def project(session: ClientSession) -> None:
             seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
-            delta = ProjectionDelta()
-            for event in events:
-                if f"event:{event.id}" not in seen:
-                    delta.add_event(event)
-            for job in jobs:
-                if f"job:{job.id}" not in seen:
-                    delta.add_job(job)
+            delta = ProjectionDelta.of(
+                (e for e in events if f"event:{e.id}" not in seen),
+                (j for j in jobs if f"job:{j.id}" not in seen),
+            )
             now = datetime.now(UTC)
             new = [InsertOne({"_id": key, "at": now}) for key in keys if key not in seen]
             if new:
@@ -497,12 +494,12 @@ class MongoStore:
                     UpdateOne(
                         {"_id": key},
                         {
-                            "$inc": {"jobs_created": a.jobs_created},
-                            "$max": {"last_matched_at": a.last_matched_at},
+                            "$inc": {"jobs_created": jobs},
+                            "$max": {"last_matched_at": delta.last_matched_at[key]},
                         },
                         upsert=True,
                     )
-                    for key, a in delta.subscriptions.items()
+                    for key, jobs in delta.subscription_jobs.items()
                 ],
             ),
             (
@@ -510,11 +507,15 @@ class MongoStore:
                 [
                     UpdateOne(
                         {"_id": key},
-                        {"$inc": {"events": a.events, "jobs": a.jobs}}
-                        | ({"$max": {"last_event_time": a.last_event_time}} if a.last_event_time else {}),
+                        {"$inc": {"events": delta.client_events[key], "jobs": delta.client_jobs[key]}}
+                        | (
+                            {"$max": {"last_event_time": delta.last_event_time[key]}}
+                            if key in delta.last_event_time
+                            else {}
+                        ),
                         upsert=True,
                     )
-                    for key, a in delta.clients.items()
+                    for key in delta.clients
                 ],
             ),
         ):

@@ -9,51 +9,50 @@ counted twice.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 
 from processor.models import DispatchJob, Event
 
-
-@dataclass(slots=True)
-class SubscriptionActivity:
-    jobs_created: int = 0
-    last_matched_at: datetime | None = None
-
-
-@dataclass(slots=True)
-class ClientActivity:
-    events: int = 0
-    jobs: int = 0
-    last_event_time: datetime | None = None
+_type = attrgetter("type")
+_client = attrgetter("client_id")
+_time = attrgetter("time")
+_subscription = attrgetter("subscription_id")
+_created = attrgetter("created_at")
 
 
-def _later(current: datetime | None, candidate: datetime) -> datetime:
-    return candidate if current is None or candidate > current else current
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ProjectionDelta:
-    event_types: Counter[str] = field(default_factory=Counter)
-    subscriptions: dict[str, SubscriptionActivity] = field(default_factory=dict)
-    clients: dict[str, ClientActivity] = field(default_factory=dict)
+    """What one batch adds: counts to add, and latest times to keep if later.
 
-    def add_event(self, event: Event) -> None:
-        self.event_types[event.type] += 1
-        client = self._client(event.client_id)
-        client.events += 1
-        client.last_event_time = _later(client.last_event_time, event.time)
+    Built by counting and mapping in C (``Counter``, ``dict(zip(...))``) rather
+    than by a Python statement per event and per job: it runs on every batch,
+    and is a large part of what the loop does beyond the store's own work."""
 
-    def add_job(self, job: DispatchJob) -> None:
-        subscription = self.subscriptions.get(job.subscription_id)
-        if subscription is None:
-            subscription = self.subscriptions[job.subscription_id] = SubscriptionActivity()
-        subscription.jobs_created += 1
-        subscription.last_matched_at = _later(subscription.last_matched_at, job.created_at)
-        self._client(job.client_id).jobs += 1
+    event_types: Counter[str]
+    subscription_jobs: Counter[str]
+    last_matched_at: dict[str, datetime]  # by subscription
+    client_events: Counter[str]
+    client_jobs: Counter[str]
+    last_event_time: dict[str, datetime]  # by client
 
-    def _client(self, client_id: str) -> ClientActivity:
-        client = self.clients.get(client_id)
-        if client is None:
-            client = self.clients[client_id] = ClientActivity()
-        return client
+    @classmethod
+    def of(cls, events: Iterable[Event], jobs: Iterable[DispatchJob]) -> ProjectionDelta:
+        # In order of time, so that each key's last entry in dict(zip(...)) is its latest.
+        events = sorted(events, key=_time)
+        jobs = sorted(jobs, key=_created)
+        return cls(
+            event_types=Counter(map(_type, events)),
+            subscription_jobs=Counter(map(_subscription, jobs)),
+            last_matched_at=dict(zip(map(_subscription, jobs), map(_created, jobs), strict=True)),
+            client_events=Counter(map(_client, events)),
+            client_jobs=Counter(map(_client, jobs)),
+            last_event_time=dict(zip(map(_client, events), map(_time, events), strict=True)),
+        )
+
+    @property
+    def clients(self) -> Sequence[str]:
+        """Every client with events or jobs in the delta."""
+        return [*self.client_events, *(c for c in self.client_jobs if c not in self.client_events)]

@@ -7,16 +7,15 @@ import json
 import logging
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from processor.jobs import job_id
 from processor.models import PENDING, DispatchJob, parse_event
-from processor.sqlite_store import SqliteStore, connect
-from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
+from processor.sqlite_store import SqliteStore, connect, timestamp
+from processor.store import CommitReport, FeedEntry, ProcessedBatch, StoreUnavailable
 from tests.processor.harness import Publisher, Running, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
@@ -128,11 +127,19 @@ def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
     publisher.subscribe("all", "*:*:*:*")
     with Running(store, publisher):
         before = publisher.publish(SHIPPED)
+        not_utf8 = publisher.sql.execute(
+            "INSERT INTO events (type, client_id) VALUES (?, CAST(x'61ff' AS TEXT)) RETURNING id", (SHIPPED,)
+        ).fetchone()[0]
+        not_json = publisher.publish(SHIPPED, data="{not json")
         bad = {
+            not_json: "data: not valid JSON",
+            # Stored text the feed cannot read: it fails the whole read, unless the feed marks it.
+            not_utf8: "client_id: not valid UTF-8 text",
+            publisher.publish(SHIPPED, received_at="yesterday-ish"): "received_at: not a time",
+            publisher.publish(SHIPPED, data="[" * 100_000 + "]" * 100_000): "data: not valid JSON (nested",
             publisher.publish("orders:shipped"): "type",
             publisher.publish(SHIPPED, client_id=None): "client_id",
             publisher.publish(12, client_id="acme"): "type",
-            publisher.publish(SHIPPED, data="{not json"): "data: not valid JSON",
             publisher.publish(SHIPPED, metadata="[1, 2]"): "metadata",
             publisher.publish(SHIPPED, time="yesterday-ish"): "time",
             publisher.publish(SHIPPED, client_id=b"\xff"): "client_id",
@@ -144,8 +151,9 @@ def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
     assert set(letters) == set(bad)
     for event, field in bad.items():
         assert letters[event].startswith(field), (event, letters[event])
-    raw = publisher.sql.execute("SELECT raw FROM dead_letters WHERE reason LIKE 'data:%'").fetchone()[0]
-    assert '"data": "{not json"' in raw, "the raw document is kept whole"
+    raw = dict(publisher.sql.execute("SELECT event_id, raw FROM dead_letters").fetchall())
+    assert json.loads(raw[not_json])["data"] == "{not json", "the raw document is kept whole"
+    assert json.loads(raw[not_utf8])["client_id"] == repr(b"a\xff"), "and keeps the bytes"
 
 
 class FlakyStore(SqliteStore):
@@ -284,6 +292,9 @@ PAYLOADS = [
     "7",
     '"text"',
     '{"dup": 1, "dup": 2}',
+    "[1e400, -1e400, 5e-324, 1.7976931348623157e308, 2.2250738585072014e-308, 0.30000000000000004]",
+    "[123456789.123456789e-5, 1E5, -0, 18446744073709551615, 18446744073709551616, -9223372036854775809]",
+    "[" * 300 + "]" * 300,  # deeper than pydantic-core's parser goes
 ]
 
 
@@ -319,7 +330,7 @@ def test_an_idle_feed_waits_without_spinning(store: SqliteStore, publisher: Publ
     reads = 0
     real_read = feed._read
 
-    def counting_read(max_events: int) -> list[tuple[Any, ...]]:
+    def counting_read(max_events: int) -> list[FeedEntry]:
         nonlocal reads
         reads += 1
         return real_read(max_events)
@@ -328,3 +339,16 @@ def test_an_idle_feed_waits_without_spinning(store: SqliteStore, publisher: Publ
     batch = feed.next_batch(10, 0.5)
     assert batch.entries == []
     assert reads <= 3, f"an idle half second took {reads} queries"
+
+
+def test_stored_times_have_one_width_and_sort_as_text() -> None:
+    moments = [
+        datetime(5, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2025, 3, 1, 10, 0, 0, 1, tzinfo=UTC),
+    ]
+    texts = [timestamp(moment) for moment in moments]
+    assert texts[2] == "2025-03-01T10:00:00.000000Z"
+    assert {len(text) for text in texts} == {len("2025-03-01T10:00:00.000000Z")}
+    assert sorted(texts) == [timestamp(moment) for moment in sorted(moments)]
