@@ -3,9 +3,12 @@
 The ``events`` table's ``seq`` is the change feed: SQLite lets one writer
 commit at a time, so ``seq`` grows in commit order and a reader that has seen
 ``seq`` N has seen everything committed before it. Any process may insert
-events with plain SQL. A batch's jobs, dead letters, projections and resume
-token are written in one transaction, so a crash either keeps all of it or
-none, and a replayed batch is never counted twice.
+events with plain SQL. A batch's jobs, dead letters and resume token are
+written in one transaction, so a crash either keeps all of it or none. The
+projections are written in that transaction too, every batch once the feed
+has caught up and every few batches while it is behind, together with marks
+of what they have counted; a start counts whatever lies between the marks
+and the resume token, so nothing is counted twice or lost.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -24,7 +27,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from processor.models import DeadLetter, DispatchJob
+from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
 from processor.projections import ProjectionDelta
 from processor.store import (
     Batch,
@@ -40,6 +43,7 @@ from processor.store import (
 RESUME_KEY = "stream-processor"
 BUSY_TIMEOUT_MS = 1000
 POLL_INTERVAL = 0.01  # seconds between looks for new events when idle
+FOLD_EVENTS = 2_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -145,6 +149,16 @@ CREATE TABLE IF NOT EXISTS client_activity (
     last_event_time TEXT
 ) WITHOUT ROWID;
 
+-- How far the projections have counted, per processor (its resume key): events
+-- up to events_seq, jobs up to jobs_seq. Under load they are written every few
+-- batches; what lies between these marks and the resume token is counted again
+-- from the stored events and jobs when a processor starts.
+CREATE TABLE IF NOT EXISTS projection_marks (
+    key        TEXT PRIMARY KEY,
+    events_seq INTEGER NOT NULL,
+    jobs_seq   INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS resume_tokens (
     key        TEXT PRIMARY KEY,
     token      TEXT NOT NULL,
@@ -190,6 +204,7 @@ EVENT_COLUMNS = (
 )
 JSON_COLUMNS = ("data", "metadata")
 JOB_COLUMNS = tuple(field.name for field in fields(DispatchJob))
+_TIME_COLUMNS = tuple(n for n, f in enumerate(fields(DispatchJob)) if "datetime" in str(f.type))
 INSERT_JOB = (
     f"INSERT OR IGNORE INTO dispatch_jobs ({', '.join(JOB_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
@@ -321,17 +336,28 @@ class SqliteFeed:
     """Reads ``events`` by ``seq``; when there is nothing new it waits, checking
     ``PRAGMA data_version`` (which changes only when another connection wrote)."""
 
-    def __init__(self, connection: sqlite3.Connection, after: int, wakeup: threading.Event) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        after: int,
+        wakeup: threading.Event,
+        idle: Callable[[], None] = lambda: None,
+    ) -> None:
         self._connection = connection
         self._after = after
         self._wakeup = wakeup
+        self._idle = idle  # called when a read finds nothing new
+        self.caught_up = True  # the last read found fewer events than it could take
 
     def next_batch(self, max_events: int, max_wait: float) -> Batch:
         deadline = time.monotonic() + max_wait
         version = None
         while True:
             entries = self._read(max_events)
-            if entries or time.monotonic() >= deadline:
+            if entries:
+                break
+            self._idle()
+            if time.monotonic() >= deadline:
                 break
             while time.monotonic() < deadline:
                 self._wakeup.wait(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
@@ -342,6 +368,7 @@ class SqliteFeed:
                     break
         if entries:
             self._after = entries[-1].order
+        self.caught_up = len(entries) < max_events
         return Batch(entries, str(self._after))
 
     def _read(self, max_events: int) -> list[FeedEntry]:
@@ -376,10 +403,17 @@ class SqliteStore:
     """The processor's side of the embedded store."""
 
     def __init__(
-        self, path: str | Path, resume_key: str = RESUME_KEY, *, from_beginning: bool = False
+        self,
+        path: str | Path,
+        resume_key: str = RESUME_KEY,
+        *,
+        from_beginning: bool = False,
+        fold_events: int = FOLD_EVENTS,
     ) -> None:
         """``from_beginning``: a first start takes every event already stored, not
-        only those that come after (what ``fc-dev`` wants of a development database)."""
+        only those that come after (what ``fc-dev`` wants of a development database).
+        ``fold_events``: while the feed is behind, the projections are written once
+        this many events wait to be counted, rather than with every batch."""
         self.path = Path(path)
         self._from_beginning = from_beginning
         self._connection = connect(path)
@@ -388,6 +422,12 @@ class SqliteStore:
         self._feed_start = 0
         self._epoch: int | None = None
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
+        self._feed: SqliteFeed | None = None
+        self._fold_events = fold_events
+        # Committed, not yet counted in the projections: see _count_when_due.
+        self._uncounted_events: list[Event] = []
+        self._uncounted_jobs: list[DispatchJob] = []
+        self._uncounted_through: ResumeToken | None = None  # the last batch they come from
 
     def resume_token(self) -> ResumeToken | None:
         row = self._connection.execute(
@@ -405,7 +445,9 @@ class SqliteStore:
                 self._save_token(resume_after)
         self._feed_start = int(resume_after)
         self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
-        return SqliteFeed(self._connection, self._feed_start, self.wakeup)
+        self._count_uncounted(resume_after)
+        self._feed = SqliteFeed(self._connection, self._feed_start, self.wakeup, self._count_while_idle)
+        return self._feed
 
     def _save_token(self, token: ResumeToken) -> None:
         """Within the batch's transaction: refused, and so the whole batch, once a
@@ -463,13 +505,93 @@ class SqliteStore:
         ]
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        with transaction(self._connection):
-            new_jobs = self._insert_jobs(batch.jobs)
-            self._insert_dead_letters(batch.dead_letters)
-            self._apply(ProjectionDelta.of(batch.events, new_jobs))
-            if batch.resume_token is not None:
-                self._save_token(batch.resume_token)
+        events, jobs = self._uncounted_events, self._uncounted_jobs
+        before = len(events), len(jobs)
+        try:
+            with transaction(self._connection):
+                new_jobs = self._insert_jobs(batch.jobs)
+                self._insert_dead_letters(batch.dead_letters)
+                events.extend(batch.events)
+                jobs.extend(new_jobs)
+                counted = self._count_when_due(batch.resume_token)
+                if batch.resume_token is not None:
+                    self._save_token(batch.resume_token)
+        except BaseException:
+            del events[before[0] :], jobs[before[1] :]  # the batch will come again
+            raise
+        if counted:
+            self._counted()
+        else:
+            self._uncounted_through = batch.resume_token
         return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
+
+    def _count_when_due(self, token: ResumeToken | None) -> bool:
+        """Within the batch's transaction: write the projections of the batches
+        committed since they were last written, once the feed has caught up or
+        ``fold_events`` events wait. Writing them every batch cost the loop more
+        than a tenth of its time, for keys that mostly recur from one batch to the
+        next. A crash loses nothing: ``open_feed`` counts what was left."""
+        caught_up = token is None or self._feed is None or self._feed.caught_up
+        if not caught_up and len(self._uncounted_events) < self._fold_events:
+            return False
+        self._count(token)
+        return True
+
+    def _count_while_idle(self) -> None:
+        """The feed found nothing new: count what waits, so that idle projections are current."""
+        token = self._uncounted_through
+        if token is None:
+            return
+        with transaction(self._connection):
+            self._count(token)
+            self._save_token(token)  # refused, and the counting with it, if a newer leader saved one
+        self._counted()
+
+    def _count(self, token: ResumeToken | None) -> None:
+        self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
+        self._mark_counted(token)
+
+    def _counted(self) -> None:
+        self._uncounted_events.clear()
+        self._uncounted_jobs.clear()
+        self._uncounted_through = None
+
+    def _mark_counted(self, token: ResumeToken | None) -> None:
+        """Counted: the events up to ``token`` (None: as before), every job stored."""
+        self._connection.execute(
+            "INSERT INTO projection_marks (key, events_seq, jobs_seq) "
+            "VALUES (?1, coalesce(?2, 0), (SELECT coalesce(max(seq), 0) FROM dispatch_jobs)) "
+            "ON CONFLICT (key) DO UPDATE SET events_seq = coalesce(?2, events_seq), "
+            "jobs_seq = excluded.jobs_seq",
+            (self._resume_key, None if token is None else int(token)),
+        )
+
+    def _count_uncounted(self, token: ResumeToken) -> None:
+        """Count in the projections what the batches up to ``token`` stored but a
+        previous run did not count before it stopped: the events that were not
+        dead-lettered, read and validated as the loop did, and the jobs added since."""
+        self._counted()
+        connection = self._connection
+        with transaction(connection):
+            marks = connection.execute(
+                "SELECT events_seq, jobs_seq FROM projection_marks WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+            if marks is None:  # a first start, or a store from before the marks: all is counted
+                self._mark_counted(token)
+                return
+            cursor = connection.cursor()
+            cursor.row_factory = None  # tuples, for _decode
+            rows = cursor.execute(READ_UNCOUNTED, (marks["events_seq"], int(token))).fetchall()
+            for entry in map(_decode, rows):
+                with suppress(InvalidEvent):
+                    if entry.document is not None:
+                        self._uncounted_events.append(parse_event(entry.document, entry.received_at))
+            self._uncounted_jobs.extend(
+                _job(row) for row in cursor.execute(READ_UNCOUNTED_JOBS, (marks["jobs_seq"],))
+            )
+            self._count(token)
+            self._save_token(token)  # refused, and the counting with it, if a newer leader saved one
+        self._counted()
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
         """Insert and return the jobs that were new. The batch insert skips the jobs
@@ -539,6 +661,22 @@ class SqliteStore:
 
     def close(self) -> None:
         self._connection.close()
+
+
+READ_UNCOUNTED = (
+    f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? "
+    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) ORDER BY seq"
+)
+READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
+
+
+def _job(row: tuple[Any, ...]) -> DispatchJob:
+    """A row of ``dispatch_jobs`` as the job it was written from (``_job_row`` undone)."""
+    values = list(row)
+    for n in _TIME_COLUMNS:
+        if values[n] is not None:
+            values[n] = parse_timestamp(values[n])
+    return DispatchJob(*values)
 
 
 def _job_row(job: DispatchJob) -> tuple[Any, ...]:

@@ -103,8 +103,9 @@ class Store(Protocol):
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         """Make the batch durable: jobs (a job that exists already is not an
-        error), dead letters, projections, and last the resume token. Raises
-        ``Fenced`` when a leader with a larger epoch saved a token."""
+        error), dead letters, and last the resume token; and count the batch in
+        the projections, now or with later batches, but once, whatever crashes.
+        Raises ``Fenced`` when a leader with a larger epoch saved a token."""
 
     def fence(self, epoch: int) -> None:
         """Save resume tokens under ``epoch`` from now on, claiming the token at

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from processor.jobs import job_id
+from processor.loop import Processor, Settings
 from processor.models import PENDING, DispatchJob, parse_event
 from processor.sqlite_store import SqliteStore, connect, timestamp
 from processor.store import CommitReport, FeedEntry, ProcessedBatch, StoreUnavailable
@@ -240,6 +241,47 @@ def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) ->
     assert processor.metrics.duplicate_jobs._value.get() == 60
     assert processor.metrics.jobs_created._value.get() == 0
     assert {event for event, _ in jobs} == set(events)
+
+
+def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
+    db: Path, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    publisher.subscribe("shipped", "*:*:*:shipped")
+    events = [publisher.publish(SHIPPED) for _ in range(24)]
+    publisher.publish("orders:shipped")  # the 25th: dead-lettered, so never counted
+    events += [publisher.publish(SHIPPED) for _ in range(5)]
+
+    def counted() -> tuple[int, int, int]:
+        """Events of the type, jobs of the "all" subscription, jobs of the client."""
+        sql = publisher.sql
+        types = dict(sql.execute("SELECT type, count FROM event_type_counts").fetchall())
+        subscriptions = dict(sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
+        clients = dict(sql.execute("SELECT client_id, jobs FROM client_activity").fetchall())
+        return types.get(SHIPPED, 0), subscriptions.get("all", 0), clients.get("acme", 0)
+
+    first = SqliteStore(db, from_beginning=True, fold_events=20)
+    processor = Processor(first, Settings(batch_size=10, max_wait=0.0))
+    feed = first.open_feed(first.resume_token())
+    processor.process(feed.next_batch(10, 0.0))
+    assert counted() == (0, 0, 0), "a full batch: more are waiting, the count waits too"
+    processor.process(feed.next_batch(10, 0.0))
+    assert counted() == (20, 20, 40), "20 events waited: counted"
+    processor.process(feed.next_batch(10, 0.0))
+    assert publisher.caught_up() and counted() == (20, 20, 40)
+    first.close()  # as a crash would: the batch is committed, its count was only in memory
+
+    second = SqliteStore(db, fold_events=20)
+    feed = second.open_feed(second.resume_token())
+    assert counted() == (29, 29, 58), "the start counted what the first run left"
+    events += [publisher.publish(SHIPPED) for _ in range(10)]
+    processor = Processor(second, Settings(batch_size=10, max_wait=0.0))
+    processor.process(feed.next_batch(10, 0.0))
+    assert counted() == (29, 29, 58)
+    assert feed.next_batch(10, 0.0).entries == []
+    assert counted() == (39, 39, 78), "nothing new to read: what waited is counted"
+    second.close()
+    assert len(publisher.jobs()) == 2 * len(events) == 78
 
 
 def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
