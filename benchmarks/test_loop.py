@@ -139,6 +139,7 @@ def test_loop_throughput(benchmark: Any, template: Path, tmp_path: Path, batch_s
     last.close()
     assert last.events == EVENTS - batch_size
     assert last.jobs() == EVENTS * MATCHES_PER_EVENT, "the loop did not write every job"
+    assert last.counted() == EVENTS, "the loop did not count every event in the projections"
     record(
         THROUGHPUT,
         group(batch_size),
@@ -169,6 +170,7 @@ def test_loop_throughput_pure_python(template: Path, tmp_path: Path, batch_size:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["implementation"] == "python"
     assert result["events"] == EVENTS - batch_size
+    assert result["counted"] == EVENTS, "the loop did not count every event in the projections"
     limit_rate = result["events"] / result["limit_seconds"]
     FIGURES.append(
         Figure(

@@ -43,7 +43,7 @@ from processor.store import (
 RESUME_KEY = "stream-processor"
 BUSY_TIMEOUT_MS = 1000
 POLL_INTERVAL = 0.01  # seconds between looks for new events when idle
-FOLD_EVENTS = 2_000
+FOLD_EVENTS = 2_000  # while the feed is behind, projections wait for this many events
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
