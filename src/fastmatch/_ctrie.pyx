@@ -138,6 +138,7 @@ cdef enum:
     MAX_FRONTIER = 16  # 2 ** LEVELS: each level can branch into a literal and '*'
     MAX_MARKS = 8      # 3 separators and 4 wildcards at most in a valid pattern
     INLINE = 16        # segments up to this many bytes live in the entry itself
+    PREFETCH_WILDCARDS_FROM = 1 << 14  # slots: a table this large (1 MiB) no longer stays in cache
     LITERAL_CHAR = 0
     INVALID_CHAR = 1
     STAR_CHAR = 2
@@ -607,6 +608,16 @@ cdef class PatternIndex:
         for level in range(LEVELS):
             path[level + 1] = child_hash(path[level], segs.hash[level])
             prefetch(&table.slots[path[level + 1] & table.mask])
+        # And in a table too large to stay in cache, those of the shape most patterns
+        # have, a literal head then wildcards to the end ("orders:shipment:*:*"):
+        # else a match waits for memory once more at each level below the head.
+        cdef uint64_t star_path
+        if table.mask + 1 >= PREFETCH_WILDCARDS_FROM:
+            for level in range(1, LEVELS):
+                star_path = path[level]
+                for i in range(level, LEVELS):
+                    star_path = child_hash(star_path, STAR_HASH)
+                    prefetch(&table.slots[star_path & table.mask])
         cdef Entry* buffers[2][MAX_FRONTIER]
         cdef Entry** frontier = buffers[0]
         cdef Entry** reached = buffers[1]
