@@ -493,13 +493,10 @@ class MongoStore:
                 [
                     UpdateOne(
                         {"_id": key},
-                        {
-                            "$inc": {"jobs_created": jobs},
-                            "$max": {"last_matched_at": delta.last_matched_at[key]},
-                        },
+                        {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
                         upsert=True,
                     )
-                    for key, jobs in delta.subscription_jobs.items()
+                    for key, jobs, last in delta.subscription_rows()
                 ],
             ),
             (
@@ -507,15 +504,11 @@ class MongoStore:
                 [
                     UpdateOne(
                         {"_id": key},
-                        {"$inc": {"events": delta.client_events[key], "jobs": delta.client_jobs[key]}}
-                        | (
-                            {"$max": {"last_event_time": delta.last_event_time[key]}}
-                            if key in delta.last_event_time
-                            else {}
-                        ),
+                        {"$inc": {"events": events, "jobs": jobs}}
+                        | ({"$max": {"last_event_time": last}} if last else {}),
                         upsert=True,
                     )
-                    for key in delta.clients
+                    for key, events, jobs, last in delta.client_rows()
                 ],
             ),
         ):

@@ -1,15 +1,16 @@
 """Read models built alongside the jobs: event counts by type, per-subscription
 and per-client activity.
 
-The loop computes a batch's delta here and the store applies it in the same
-write as the batch's jobs, so a batch that is replayed after a crash is never
-counted twice.
+A store counts committed events and the jobs they created here, and applies the
+delta to its read models in a write that also marks them counted: with each
+batch (MongoDB), or with every few batches (the embedded store). A batch that
+is replayed after a crash is never counted twice.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -25,7 +26,8 @@ _created = attrgetter("created_at")
 
 @dataclass(frozen=True, slots=True)
 class ProjectionDelta:
-    """What one batch adds: counts to add, and latest times to keep if later.
+    """What some events and their jobs add: counts to add, and latest times to
+    keep if later.
 
     Built by counting and mapping in C (``Counter``, ``dict(zip(...))``) rather
     than by a Python statement per event and per job: it runs on every batch,
@@ -52,7 +54,14 @@ class ProjectionDelta:
             last_event_time=dict(zip(map(_client, events), map(_time, events), strict=True)),
         )
 
-    @property
-    def clients(self) -> Sequence[str]:
-        """Every client with events or jobs in the delta."""
-        return [*self.client_events, *(c for c in self.client_jobs if c not in self.client_events)]
+    def subscription_rows(self) -> Iterator[tuple[str, int, datetime]]:
+        """Per subscription: jobs created, and when the last was."""
+        last = self.last_matched_at
+        return ((key, jobs, last[key]) for key, jobs in self.subscription_jobs.items())
+
+    def client_rows(self) -> Iterator[tuple[str, int, int, datetime | None]]:
+        """Per client with events or jobs: events, jobs, and the time of the latest
+        event (None when the client has jobs only)."""
+        events, jobs, last = self.client_events, self.client_jobs, self.last_event_time
+        clients = [*events, *(client for client in jobs if client not in events)]
+        return ((client, events[client], jobs[client], last.get(client)) for client in clients)

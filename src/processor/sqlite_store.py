@@ -5,10 +5,10 @@ commit at a time, so ``seq`` grows in commit order and a reader that has seen
 ``seq`` N has seen everything committed before it. Any process may insert
 events with plain SQL. A batch's jobs, dead letters and resume token are
 written in one transaction, so a crash either keeps all of it or none. The
-projections are written in that transaction too, every batch once the feed
-has caught up and every few batches while it is behind, together with marks
-of what they have counted; a start counts whatever lies between the marks
-and the resume token, so nothing is counted twice or lost.
+projections are written less often: with every batch once the feed has caught
+up, every few batches while it is behind. Marks say what was committed and
+what was counted; a start counts what lies between them, so a crash neither
+loses a count nor makes one twice.
 """
 
 from __future__ import annotations
@@ -149,14 +149,15 @@ CREATE TABLE IF NOT EXISTS client_activity (
     last_event_time TEXT
 ) WITHOUT ROWID;
 
--- How far the projections have counted, per processor (its resume key): events
--- up to events_seq, jobs up to jobs_seq. Under load they are written every few
--- batches; what lies between these marks and the resume token is counted again
--- from the stored events and jobs when a processor starts.
+-- Per processor (its resume key; one per store file): the last event of the
+-- last batch it committed, and the last event and job its projections counted.
+-- Kept apart from the resume token, which an operator may move: a start counts
+-- the events between counted_seq and committed_seq, and the jobs after jobs_seq.
 CREATE TABLE IF NOT EXISTS projection_marks (
-    key        TEXT PRIMARY KEY,
-    events_seq INTEGER NOT NULL,
-    jobs_seq   INTEGER NOT NULL
+    key           TEXT PRIMARY KEY,
+    committed_seq INTEGER NOT NULL,
+    counted_seq   INTEGER NOT NULL,
+    jobs_seq      INTEGER NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS resume_tokens (
@@ -275,7 +276,7 @@ def _loads(text: str) -> Any:
     words its errors as the dead letters have always said them."""
     try:
         return from_json(text)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a lone surrogate in the text
         pass
     try:
         return json.loads(text)
@@ -300,7 +301,7 @@ def _decode(row: tuple[Any, ...], problem: str | None = None) -> FeedEntry:
     seq, received = row[0], row[1]
     try:
         received_at = parse_timestamp(received)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: past year 9999 in UTC
         return _undecodable(row, f"received_at: not a time ({received!r})", datetime.now(UTC))
     if problem is not None:
         return _undecodable(row, problem, received_at)
@@ -332,9 +333,34 @@ def _undecodable(row: tuple[Any, ...], problem: str, received_at: datetime) -> F
     return FeedEntry(seq, str(seq), row[2], None, partial(_raw, row), received_at, problem)
 
 
+def read_entries(connection: sqlite3.Connection, query: str, parameters: tuple[Any, ...]) -> list[FeedEntry]:
+    """The rows of ``query`` (columns ``FEED_COLUMNS``) as feed entries."""
+    try:
+        return [_decode(row) for row in _select(connection, query, parameters)]
+    except sqlite3.OperationalError:
+        pass
+    # One text that is not UTF-8 fails the whole read. Read again with each such
+    # text marked, so that its event is dead-lettered instead of stopping the
+    # feed; a store that is down fails this read too.
+    connection.text_factory = _utf8_or_marked
+    try:
+        return [_decode_marked(row) for row in _select(connection, query, parameters)]
+    except sqlite3.OperationalError as error:
+        raise StoreUnavailable(f"sqlite: {error}") from error
+    finally:
+        connection.text_factory = str
+
+
+def _select(connection: sqlite3.Connection, query: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    cursor = connection.cursor()
+    cursor.row_factory = None  # tuples, for _decode
+    return cursor.execute(query, parameters).fetchall()
+
+
 class SqliteFeed:
     """Reads ``events`` by ``seq``; when there is nothing new it waits, checking
-    ``PRAGMA data_version`` (which changes only when another connection wrote)."""
+    ``PRAGMA data_version`` (which changes only when another connection wrote).
+    A read that finds nothing calls ``idle``: the store counts what waits then."""
 
     def __init__(
         self,
@@ -372,25 +398,7 @@ class SqliteFeed:
         return Batch(entries, str(self._after))
 
     def _read(self, max_events: int) -> list[FeedEntry]:
-        try:
-            return [_decode(row) for row in self._select(max_events)]
-        except sqlite3.OperationalError:
-            pass
-        # One text that is not UTF-8 fails the whole read. Read again with each such
-        # text marked, so that its event is dead-lettered instead of stopping the
-        # feed; a store that is down fails this read too.
-        self._connection.text_factory = _utf8_or_marked
-        try:
-            return [_decode_marked(row) for row in self._select(max_events)]
-        except sqlite3.OperationalError as error:
-            raise StoreUnavailable(f"sqlite: {error}") from error
-        finally:
-            self._connection.text_factory = str
-
-    def _select(self, max_events: int) -> list[tuple[Any, ...]]:
-        cursor = self._connection.cursor()
-        cursor.row_factory = None  # tuples, for _decode
-        return cursor.execute(READ_FEED, (self._after, max_events)).fetchall()
+        return read_entries(self._connection, READ_FEED, (self._after, max_events))
 
     def _data_version(self) -> int:
         return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
@@ -427,7 +435,7 @@ class SqliteStore:
         # Committed, not yet counted in the projections: see _count_when_due.
         self._uncounted_events: list[Event] = []
         self._uncounted_jobs: list[DispatchJob] = []
-        self._uncounted_through: ResumeToken | None = None  # the last batch they come from
+        self._uncounted_through: int | None = None  # the last event of the last batch they come from
 
     def resume_token(self) -> ResumeToken | None:
         row = self._connection.execute(
@@ -445,7 +453,7 @@ class SqliteStore:
                 self._save_token(resume_after)
         self._feed_start = int(resume_after)
         self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
-        self._count_uncounted(resume_after)
+        self._count_uncounted(int(resume_after))
         self._feed = SqliteFeed(self._connection, self._feed_start, self.wakeup, self._count_while_idle)
         return self._feed
 
@@ -465,9 +473,14 @@ class SqliteStore:
     def fence(self, epoch: int) -> None:
         self._epoch = epoch
         with transaction(self._connection):
-            token = self.resume_token()
-            if token is not None:
-                self._save_token(token)
+            self._claim_token()
+
+    def _claim_token(self) -> None:
+        """Within a transaction: save the stored token again, under this instance's
+        epoch; refused, and so the transaction, once a newer leader saved one."""
+        token = self.resume_token()
+        if token is not None:
+            self._save_token(token)
 
     def subscription_changes(self) -> list[SubscriptionChange]:
         with transaction(self._connection, immediate=False):
@@ -505,93 +518,98 @@ class SqliteStore:
         ]
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        events, jobs = self._uncounted_events, self._uncounted_jobs
+        events, jobs, token = self._uncounted_events, self._uncounted_jobs, batch.resume_token
         before = len(events), len(jobs)
+        counted = False
         try:
             with transaction(self._connection):
                 new_jobs = self._insert_jobs(batch.jobs)
                 self._insert_dead_letters(batch.dead_letters)
                 events.extend(batch.events)
                 jobs.extend(new_jobs)
-                counted = self._count_when_due(batch.resume_token)
-                if batch.resume_token is not None:
-                    self._save_token(batch.resume_token)
+                if token is not None:  # else the events come again, and are counted with a token
+                    self._mark("committed_seq = ?2", int(token))
+                    counted = self._count_when_due(int(token))
+                    self._save_token(token)
         except BaseException:
             del events[before[0] :], jobs[before[1] :]  # the batch will come again
             raise
         if counted:
             self._counted()
-        else:
-            self._uncounted_through = batch.resume_token
+        elif token is not None:
+            self._uncounted_through = int(token)
         return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
 
-    def _count_when_due(self, token: ResumeToken | None) -> bool:
+    def _count_when_due(self, through: int) -> bool:
         """Within the batch's transaction: write the projections of the batches
         committed since they were last written, once the feed has caught up or
         ``fold_events`` events wait. Writing them every batch cost the loop more
         than a tenth of its time, for keys that mostly recur from one batch to the
-        next. A crash loses nothing: ``open_feed`` counts what was left."""
-        caught_up = token is None or self._feed is None or self._feed.caught_up
+        next. A crash loses nothing: the next start counts what was left."""
+        caught_up = self._feed is None or self._feed.caught_up
         if not caught_up and len(self._uncounted_events) < self._fold_events:
             return False
-        self._count(token)
+        self._count(through)
         return True
 
     def _count_while_idle(self) -> None:
-        """The feed found nothing new: count what waits, so that idle projections are current."""
-        token = self._uncounted_through
-        if token is None:
+        """The feed found nothing new: count what waits, so that idle projections
+        are current. A store that is busy now is tried again at the next read."""
+        if self._uncounted_through is None:
             return
-        with transaction(self._connection):
-            self._count(token)
-            self._save_token(token)  # refused, and the counting with it, if a newer leader saved one
-        self._counted()
+        with suppress(StoreUnavailable):
+            with transaction(self._connection):
+                self._count(self._uncounted_through)
+                self._claim_token()  # refused, and the count with it, once a newer leader saved one
+            self._counted()
 
-    def _count(self, token: ResumeToken | None) -> None:
+    def _count_uncounted(self, start: int) -> None:
+        """Count what the last run committed but did not count before it stopped:
+        the events between the marks that were not dead-lettered, read and
+        validated as the loop read them, and the jobs stored since. Then mark
+        all before ``start`` as counted: the feed starts there, and an operator
+        who moved the token forward skipped the events between."""
+        self._counted()
+        connection = self._connection
+        marks = connection.execute(
+            "SELECT committed_seq, counted_seq, jobs_seq FROM projection_marks WHERE key = ?",
+            (self._resume_key,),
+        ).fetchone()
+        try:
+            if marks is not None:  # else a first start, or a store from before the marks
+                committed, counted, jobs_seq = marks
+                for entry in read_entries(connection, READ_UNCOUNTED, (counted, committed)):
+                    with suppress(InvalidEvent):
+                        if entry.document is not None:
+                            self._uncounted_events.append(parse_event(entry.document, entry.received_at))
+                self._uncounted_jobs.extend(map(_job, _select(connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
+            with transaction(connection):
+                self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
+                connection.execute(
+                    "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
+                    f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
+                    "committed_seq = ?2, counted_seq = ?2, jobs_seq = excluded.jobs_seq",
+                    (self._resume_key, start),
+                )
+                self._claim_token()  # refused, and the count with it, once a newer leader saved one
+        finally:
+            self._counted()
+
+    def _count(self, through: int) -> None:
+        """Within a transaction: write what waits to the projections, and mark it
+        counted: the events up to ``through``, every job stored."""
         self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
-        self._mark_counted(token)
+        self._mark(f"counted_seq = ?2, jobs_seq = ({LAST_JOB})", through)
+
+    def _mark(self, assignments: str, seq: int) -> None:
+        self._connection.execute(
+            f"UPDATE projection_marks SET {assignments} WHERE key = ?1", (self._resume_key, seq)
+        )
 
     def _counted(self) -> None:
         self._uncounted_events.clear()
         self._uncounted_jobs.clear()
         self._uncounted_through = None
-
-    def _mark_counted(self, token: ResumeToken | None) -> None:
-        """Counted: the events up to ``token`` (None: as before), every job stored."""
-        self._connection.execute(
-            "INSERT INTO projection_marks (key, events_seq, jobs_seq) "
-            "VALUES (?1, coalesce(?2, 0), (SELECT coalesce(max(seq), 0) FROM dispatch_jobs)) "
-            "ON CONFLICT (key) DO UPDATE SET events_seq = coalesce(?2, events_seq), "
-            "jobs_seq = excluded.jobs_seq",
-            (self._resume_key, None if token is None else int(token)),
-        )
-
-    def _count_uncounted(self, token: ResumeToken) -> None:
-        """Count in the projections what the batches up to ``token`` stored but a
-        previous run did not count before it stopped: the events that were not
-        dead-lettered, read and validated as the loop did, and the jobs added since."""
-        self._counted()
-        connection = self._connection
-        with transaction(connection):
-            marks = connection.execute(
-                "SELECT events_seq, jobs_seq FROM projection_marks WHERE key = ?", (self._resume_key,)
-            ).fetchone()
-            if marks is None:  # a first start, or a store from before the marks: all is counted
-                self._mark_counted(token)
-                return
-            cursor = connection.cursor()
-            cursor.row_factory = None  # tuples, for _decode
-            rows = cursor.execute(READ_UNCOUNTED, (marks["events_seq"], int(token))).fetchall()
-            for entry in map(_decode, rows):
-                with suppress(InvalidEvent):
-                    if entry.document is not None:
-                        self._uncounted_events.append(parse_event(entry.document, entry.received_at))
-            self._uncounted_jobs.extend(
-                _job(row) for row in cursor.execute(READ_UNCOUNTED_JOBS, (marks["jobs_seq"],))
-            )
-            self._count(token)
-            self._save_token(token)  # refused, and the counting with it, if a newer leader saved one
-        self._counted()
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
         """Insert and return the jobs that were new. The batch insert skips the jobs
@@ -641,22 +659,20 @@ class SqliteStore:
             "ON CONFLICT (type) DO UPDATE SET count = count + excluded.count",
             delta.event_types.items(),
         )
-        last_matched_at = delta.last_matched_at
         connection.executemany(
             "INSERT INTO subscription_stats (subscription_id, jobs_created, last_matched_at) "
             "VALUES (?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
             "jobs_created = jobs_created + excluded.jobs_created, "
             "last_matched_at = max(coalesce(last_matched_at, ''), excluded.last_matched_at)",
-            [(key, jobs, timestamp(last_matched_at[key])) for key, jobs in delta.subscription_jobs.items()],
+            [(key, jobs, timestamp(last)) for key, jobs, last in delta.subscription_rows()],
         )
-        events, jobs, last_event_time = delta.client_events, delta.client_jobs, delta.last_event_time
         connection.executemany(
             "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
             "jobs = jobs + excluded.jobs, "
             "last_event_time = max(coalesce(last_event_time, ''), "
             "coalesce(excluded.last_event_time, ''))",
-            [(key, events[key], jobs[key], _sql_value(last_event_time.get(key))) for key in delta.clients],
+            [(key, events, jobs, _sql_value(last)) for key, events, jobs, last in delta.client_rows()],
         )
 
     def close(self) -> None:
@@ -668,6 +684,7 @@ READ_UNCOUNTED = (
     "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) ORDER BY seq"
 )
 READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
+LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"
 
 
 def _job(row: tuple[Any, ...]) -> DispatchJob:

@@ -60,7 +60,7 @@ def test_sigkill_mid_batch_then_restart_leaves_every_due_job_exactly_once(tmp_pa
     assert publisher.jobs() == expected
     assert publisher.job_count() == len(expected)
 
-    # The projections were written with the jobs, so the crash counted nothing twice.
+    # What the killed run committed but had not counted yet, the restart counted: once.
     sql = publisher.sql
     assert dict(sql.execute("SELECT type, count FROM event_type_counts").fetchall()) == dict(
         Counter(event_type for _, event_type, _ in rows)

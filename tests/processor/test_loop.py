@@ -14,9 +14,9 @@ import pytest
 
 from processor.jobs import job_id
 from processor.loop import Processor, Settings
-from processor.models import PENDING, DispatchJob, parse_event
-from processor.sqlite_store import SqliteStore, connect, timestamp
-from processor.store import CommitReport, FeedEntry, ProcessedBatch, StoreUnavailable
+from processor.models import PENDING, DispatchJob, Event, Subscription, parse_event
+from processor.sqlite_store import SqliteStore, _job, _job_row, connect, timestamp
+from processor.store import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
 from tests.processor.harness import Publisher, Running, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
@@ -137,6 +137,7 @@ def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
             # Stored text the feed cannot read: it fails the whole read, unless the feed marks it.
             not_utf8: "client_id: not valid UTF-8 text",
             publisher.publish(SHIPPED, received_at="yesterday-ish"): "received_at: not a time",
+            publisher.publish(SHIPPED, received_at="9999-12-31T23:59:59-01:00"): "received_at: not a time",
             publisher.publish(SHIPPED, data="[" * 100_000 + "]" * 100_000): "data: not valid JSON (nested",
             publisher.publish("orders:shipped"): "type",
             publisher.publish(SHIPPED, client_id=None): "client_id",
@@ -243,45 +244,120 @@ def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) ->
     assert {event for event, _ in jobs} == set(events)
 
 
+def counted(publisher: Publisher) -> tuple[int, int, int]:
+    """From the projections: events of type SHIPPED, jobs of subscription "all", jobs of client acme."""
+    sql = publisher.sql
+    types = dict(sql.execute("SELECT type, count FROM event_type_counts").fetchall())
+    subscriptions = dict(sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
+    clients = dict(sql.execute("SELECT client_id, jobs FROM client_activity").fetchall())
+    return types.get(SHIPPED, 0), subscriptions.get("all", 0), clients.get("acme", 0)
+
+
+def process_batches(store: SqliteStore, count: int, size: int = 10) -> Processor:
+    """``count`` batches of ``size``, as the loop would read and process them."""
+    processor = Processor(store, Settings(batch_size=size, max_wait=0.0))
+    feed = store.open_feed(store.resume_token())
+    for _ in range(count):
+        processor.process(feed.next_batch(size, 0.0))
+    return processor
+
+
 def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
     db: Path, publisher: Publisher
 ) -> None:
     publisher.subscribe("all", "*:*:*:*")
     publisher.subscribe("shipped", "*:*:*:shipped")
-    events = [publisher.publish(SHIPPED) for _ in range(24)]
-    publisher.publish("orders:shipped")  # the 25th: dead-lettered, so never counted
+    events = [publisher.publish(SHIPPED) for _ in range(23)]
+    unmatchable = publisher.publish(SHIPPED)  # valid, but matching it fails: dead-lettered
+    publisher.publish("orders:shipped")  # invalid: dead-lettered
     events += [publisher.publish(SHIPPED) for _ in range(5)]
-
-    def counted() -> tuple[int, int, int]:
-        """Events of the type, jobs of the "all" subscription, jobs of the client."""
-        sql = publisher.sql
-        types = dict(sql.execute("SELECT type, count FROM event_type_counts").fetchall())
-        subscriptions = dict(sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
-        clients = dict(sql.execute("SELECT client_id, jobs FROM client_activity").fetchall())
-        return types.get(SHIPPED, 0), subscriptions.get("all", 0), clients.get("acme", 0)
 
     first = SqliteStore(db, from_beginning=True, fold_events=20)
     processor = Processor(first, Settings(batch_size=10, max_wait=0.0))
     feed = first.open_feed(first.resume_token())
     processor.process(feed.next_batch(10, 0.0))
-    assert counted() == (0, 0, 0), "a full batch: more are waiting, the count waits too"
+    assert counted(publisher) == (0, 0, 0), "a full batch: more are waiting, the count waits too"
     processor.process(feed.next_batch(10, 0.0))
-    assert counted() == (20, 20, 40), "20 events waited: counted"
+    assert counted(publisher) == (20, 20, 40), "20 events waited: counted"
+    match = processor.matcher.match
+
+    def failing_match(event: Event) -> list[Subscription]:
+        if event.id == unmatchable:
+            raise RuntimeError("a bug")
+        return match(event)
+
+    processor.matcher.match = failing_match  # type: ignore[method-assign]
     processor.process(feed.next_batch(10, 0.0))
-    assert publisher.caught_up() and counted() == (20, 20, 40)
+    assert publisher.caught_up() and counted(publisher) == (20, 20, 40)
+    letters = publisher.dead_letters()
+    assert len(letters) == 2 and letters[unmatchable].startswith("matching failed")
     first.close()  # as a crash would: the batch is committed, its count was only in memory
+    # An operator moves the token past events nobody processed: they are not counted.
+    skipped = [publisher.publish(SHIPPED) for _ in range(3)]
+    publisher.sql.execute("UPDATE resume_tokens SET token = ?", (str(publisher.max_seq()),))
 
     second = SqliteStore(db, fold_events=20)
     feed = second.open_feed(second.resume_token())
-    assert counted() == (29, 29, 58), "the start counted what the first run left"
+    assert counted(publisher) == (28, 28, 56), "the start counted what the first run left, and only that"
     events += [publisher.publish(SHIPPED) for _ in range(10)]
-    processor = Processor(second, Settings(batch_size=10, max_wait=0.0))
+    Processor(second, Settings(batch_size=10, max_wait=0.0)).process(feed.next_batch(10, 0.0))
+    second.close()  # a crash again, the skipped events now between its batch and the last count
+
+    third = SqliteStore(db, fold_events=20)
+    feed = third.open_feed(third.resume_token())
+    assert counted(publisher) == (38, 38, 76), "the start counted the second run's batch, not the skipped"
+    events += [publisher.publish(SHIPPED) for _ in range(10)]
+    processor = Processor(third, Settings(batch_size=10, max_wait=0.0))
     processor.process(feed.next_batch(10, 0.0))
-    assert counted() == (29, 29, 58)
+    assert counted(publisher) == (38, 38, 76)
     assert feed.next_batch(10, 0.0).entries == []
-    assert counted() == (39, 39, 78), "nothing new to read: what waited is counted"
-    second.close()
-    assert len(publisher.jobs()) == 2 * len(events) == 78
+    assert counted(publisher) == (48, 48, 96), "nothing new to read: what waited is counted"
+    third.close()
+    assert {event for event, _ in publisher.jobs()} == set(events) and len(publisher.jobs()) == 96
+    assert not set(skipped) & {event for event, _ in publisher.jobs()}
+
+
+class FailingOnce(SqliteStore):
+    """Its first write of the projections fails once done: the transaction rolls back."""
+
+    failed = False
+
+    def _count(self, through: int) -> None:
+        super()._count(through)
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("injected failure")
+
+
+def test_a_commit_that_fails_after_counting_counts_nothing_and_its_retry_counts_once(
+    db: Path, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    for _ in range(35):
+        publisher.publish(SHIPPED)
+    store = FailingOnce(db, from_beginning=True, fold_events=20)
+    process_batches(store, 4)
+    assert store.failed, "the failure was injected"
+    assert counted(publisher) == (35, 35, 35)
+    store.close()
+
+
+def test_a_deposed_leader_does_not_count_what_it_left(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    for _ in range(10):
+        publisher.publish(SHIPPED)
+    old = SqliteStore(db, from_beginning=True)
+    old.fence(1)
+    process_batches(old, 1)  # a full batch: its count waits
+    new = SqliteStore(db)
+    new.fence(2)
+    new.open_feed(new.resume_token())
+    assert counted(publisher) == (10, 10, 10), "the new leader counted what the old one left"
+    with pytest.raises(Fenced):
+        old._count_while_idle()  # as the old leader's next read, finding nothing, would
+    assert counted(publisher) == (10, 10, 10)
+    old.close()
+    new.close()
 
 
 def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
@@ -307,11 +383,12 @@ def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
         )
 
     first = [job("e1", "a"), job("e2", "a")]
-    assert store.commit(ProcessedBatch([], first, [], None)) == CommitReport(jobs_created=2, duplicates=0)
+    assert store.commit(ProcessedBatch([], first, [], "1")) == CommitReport(jobs_created=2, duplicates=0)
     mixed = [job("e2", "a"), job("e3", "a"), job("e1", "a"), job("e4", "b")]
-    assert store.commit(ProcessedBatch([], mixed, [], None)) == CommitReport(jobs_created=2, duplicates=2)
+    assert store.commit(ProcessedBatch([], mixed, [], "2")) == CommitReport(jobs_created=2, duplicates=2)
     twice = [job("e5", "a"), job("e5", "a")]
-    assert store.commit(ProcessedBatch([], twice, [], None)) == CommitReport(jobs_created=1, duplicates=1)
+    assert store.commit(ProcessedBatch([], twice, [], "3")) == CommitReport(jobs_created=1, duplicates=1)
+    assert [_job(_job_row(j)) for j in first] == first, "a job's row reads back as the job"
     store.close()
     assert publisher.job_count() == 5
     stats = dict(publisher.sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))
