@@ -234,7 +234,7 @@ def describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-# Event.model_validate minus its wrapper, which added a quarter to the cost of each event.
+# Event.model_validate minus its wrapper, which added a quarter to validating each event.
 _validate_event: Callable[[dict[str, Any]], Event] = Event.__pydantic_validator__.validate_python
 
 

@@ -30,8 +30,9 @@ class ProjectionDelta:
     keep if later.
 
     Built by counting and mapping in C (``Counter``, ``dict(zip(...))``) rather
-    than by a Python statement per event and per job: it runs on every batch,
-    and is a large part of what the loop does beyond the store's own work."""
+    than by a Python statement per event and per job: every event and job
+    passes through here, and the statements were a large part of what the loop
+    did beyond the store's own work."""
 
     event_types: Counter[str]
     subscription_jobs: Counter[str]
