@@ -418,12 +418,18 @@ cdef class PatternIndex:
     cdef uint64_t _cache_mask   # sets - 1, or no cache when _cache is NULL
     cdef Py_ssize_t _cached
     cdef Py_hash_t* _seen       # hashes of types that missed once: only a second miss is cached
+    # The root and its chain of '*' children ("*", "*:*", ...), NULL past the last:
+    # every match walks them, so they are found once per change of the trie, not
+    # once per match. Entries move when the table changes; add and remove mark it.
+    cdef Entry* _stars[LEVELS + 1]
+    cdef bint _stars_stale
 
     def __cinit__(self, Py_ssize_t cache_size=4096):
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         grow(&self._table)
         self._root.hash = HASH_SEED
+        self._stars_stale = True
         self._next_id = 1
         self._leaf_keys = {}
         cdef uint64_t sets = 1
@@ -483,6 +489,7 @@ cdef class PatternIndex:
             return
         keys[key] = None  # an unhashable key fails here, before the trie changes
         self._leaf_keys[text] = keys
+        self._stars_stale = True  # entries may move from here on, even if the add fails
         try:
             for level in range(LEVELS):
                 child = self._child(node, &segs, level)
@@ -520,6 +527,7 @@ cdef class PatternIndex:
             del self._leaf_keys[text]
         path[0] = node.hash
         ids[0] = 0
+        self._stars_stale = True  # entries may move from here on
         for level in range(LEVELS):
             node = self._child(node, &segs, level)
             path[level + 1] = node.hash
@@ -618,6 +626,9 @@ cdef class PatternIndex:
                 for i in range(level, LEVELS):
                     star_path = child_hash(star_path, STAR_HASH)
                     prefetch(&table.slots[star_path & table.mask])
+        if self._stars_stale:
+            self._find_stars()
+        cdef Entry** stars = self._stars
         cdef Entry* buffers[2][MAX_FRONTIER]
         cdef Entry** frontier = buffers[0]
         cdef Entry** reached = buffers[1]
@@ -638,7 +649,8 @@ cdef class PatternIndex:
                         reached[count] = child
                         count += 1
                 if node.children & STAR_CHILD:
-                    reached[count] = find(table, child_hash(node.hash, STAR_HASH), node.id, b"*", 1)
+                    reached[count] = (stars[level + 1] if node == stars[level] else
+                                      find(table, child_hash(node.hash, STAR_HASH), node.id, b"*", 1))
                     count += 1
             if count == 0:
                 break
@@ -664,6 +676,18 @@ cdef class PatternIndex:
         if ways != NULL:
             self._remember(ways, text_hash, event_type, keys, held)
         return keys_list(keys, held)
+
+    cdef void _find_stars(self) noexcept:
+        cdef int level
+        cdef Entry* node = &self._root
+        self._stars[0] = node
+        for level in range(LEVELS):
+            if node != NULL and node.children & STAR_CHILD:
+                node = find(&self._table, child_hash(node.hash, STAR_HASH), node.id, b"*", 1)
+            else:
+                node = NULL
+            self._stars[level + 1] = node
+        self._stars_stale = False
 
     cdef void _remember(self, Cached* ways, Py_hash_t text_hash, object event_type, PyObject* keys,
                         Py_ssize_t count) noexcept:

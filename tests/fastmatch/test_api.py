@@ -76,6 +76,28 @@ def test_match_all_wildcards_matches_any_event_type(index_cls: IndexClass) -> No
         assert index.match(event_type) == ["all"]
 
 
+def test_the_wildcard_chain_is_found_again_whenever_the_trie_changes(index_cls: IndexClass) -> None:
+    """Every match walks the root's chain of wildcards ("*", "*:*", ...); a trie
+    that grows, shrinks or loses part of that chain must not be walked as before."""
+    index = index_cls(cache_size=0)
+    index.add("*:*:*:*", "all")
+    index.add("*:*:*:x", "x")
+    assert matched(index, "a:b:c:x") == {"all", "x"}
+    for n in range(3000):  # the table grows, and its entries move, several times
+        index.add(f"d{n}:c:r:a", n)
+    assert matched(index, "a:b:c:x") == {"all", "x"}
+    assert matched(index, "d7:c:r:a") == {"all", 7}
+    index.remove("*:*:*:*", "all")
+    assert matched(index, "a:b:c:x") == {"x"}
+    index.remove("*:*:*:x", "x")
+    assert matched(index, "a:b:c:x") == set()
+    for n in range(3000):
+        index.remove(f"d{n}:c:r:a", n)
+    index.add("*:b:*:*", "b")
+    assert matched(index, "a:b:c:x") == {"b"}
+    assert matched(index, "a:c:c:x") == set()
+
+
 def test_spec_table_in_one_index(index_cls: IndexClass) -> None:
     index = index_cls()
     pairs = [(pattern, f"key{n}") for n, (pattern, _) in enumerate(SPEC_TABLE)]
