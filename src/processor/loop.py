@@ -25,7 +25,7 @@ from processor.health import Health
 from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
-from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
+from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent
 from processor.store import (
     Batch,
     CommitReport,
@@ -123,7 +123,7 @@ class Processor:
             while self._pending and self._pending[0].effective_after < entry.order:
                 self.matcher.apply(self._pending.popleft(), self.metrics)
             try:
-                event = self._parse(entry)
+                event = entry.event()
                 matched = self.matcher.match(event)
             except InvalidEvent as error:
                 dead_letters.append(self._dead_letter(entry, error))
@@ -143,12 +143,6 @@ class Processor:
         )
         self._measure(batch, events, jobs, report, time.perf_counter() - started)
         return report
-
-    @staticmethod
-    def _parse(entry: FeedEntry) -> Event:
-        if entry.document is None:
-            raise InvalidEvent(entry.problem or "undecodable", "undecodable")
-        return parse_event(entry.document, entry.received_at)
 
     def _dead_letter(self, entry: FeedEntry, error: InvalidEvent) -> DeadLetter:
         log.error("event at %s skipped and dead-lettered: %s", entry.position, error)

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
+from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent
 from processor.projections import ProjectionDelta
 from processor.store import (
     Batch,
@@ -527,7 +527,7 @@ class SqliteStore:
                 self._insert_dead_letters(batch.dead_letters)
                 events.extend(batch.events)
                 jobs.extend(new_jobs)
-                if token is not None:  # else the events come again, and are counted with a token
+                if token is not None:  # a batch without one comes again, and is counted with one
                     self._mark("committed_seq = ?2", int(token))
                     counted = self._count_when_due(int(token))
                     self._save_token(token)
@@ -579,18 +579,17 @@ class SqliteStore:
             if marks is not None:  # else a first start, or a store from before the marks
                 committed, counted, jobs_seq = marks
                 for entry in read_entries(connection, READ_UNCOUNTED, (counted, committed)):
-                    with suppress(InvalidEvent):
-                        if entry.document is not None:
-                            self._uncounted_events.append(parse_event(entry.document, entry.received_at))
+                    with suppress(InvalidEvent):  # it was dead-lettered then, and is not counted
+                        self._uncounted_events.append(entry.event())
                 self._uncounted_jobs.extend(map(_job, _select(connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
             with transaction(connection):
-                self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
                 connection.execute(
-                    "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
-                    f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
-                    "committed_seq = ?2, counted_seq = ?2, jobs_seq = excluded.jobs_seq",
-                    (self._resume_key, start),
+                    "INSERT OR IGNORE INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
+                    "VALUES (?, 0, 0, 0)",
+                    (self._resume_key,),
                 )
+                self._mark("committed_seq = ?2", start)
+                self._count(start)
                 self._claim_token()  # refused, and the count with it, once a newer leader saved one
         finally:
             self._counted()

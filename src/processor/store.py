@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from processor.models import DeadLetter, DispatchJob, Event
+from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
 
 ResumeToken = str
 """A position in a store's feed, as text a person can read (``redis-cli GET``)."""
@@ -45,6 +45,12 @@ class FeedEntry(NamedTuple):
     raw: Callable[[], str]  # the record as stored, as text; only a dead letter needs it
     received_at: datetime
     problem: str | None = None  # why ``document`` is None
+
+    def event(self) -> Event:
+        """The event this entry holds; ``InvalidEvent`` if it holds none."""
+        if self.document is None:
+            raise InvalidEvent(self.problem or "undecodable", "undecodable")
+        return parse_event(self.document, self.received_at)
 
 
 @dataclass(frozen=True, slots=True)
