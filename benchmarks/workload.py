@@ -38,7 +38,7 @@ from processor.jobs import job_id
 from processor.loop import Processor, Settings
 from processor.models import PENDING
 from processor.sqlite_store import (
-    READ_FEED,
+    FEED_COLUMNS,
     RESUME_KEY,
     SqliteFeed,
     SqliteStore,
@@ -179,6 +179,8 @@ def job_rows(template: Path, batch_size: int) -> list[list[tuple[Any, ...]]]:
     return batches
 
 
+# The one read the store needs for a batch (the loop also reads the events' sizes first).
+READ_FEED = f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 INSERT_JOB_ROW = (
     "INSERT OR IGNORE INTO dispatch_jobs (id, event_id, subscription_id, client_id, status, target, "
     "pool_code, scheduled_at, attempts, last_attempt_at, last_error, created_at) "

@@ -23,7 +23,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from processor.catalog import Catalog, CorruptRecord, EventExists, Page, subscription_document
 from processor.health import Health
 from processor.metrics import Metrics
-from processor.models import EventType, Identifier, SubscriptionFields, SubscriptionPatch, UtcTime
+from processor.models import (
+    EventType,
+    Identifier,
+    Json,
+    JsonObject,
+    SubscriptionFields,
+    SubscriptionPatch,
+    UtcTime,
+)
 from processor.ops import add_ops_routes
 from processor.store import StoreUnavailable
 
@@ -44,8 +52,8 @@ class NewEvent(BaseModel):
     client_id: Identifier
     source: StrictStr | None = None
     time: UtcTime | None = None
-    data: JsonValue = None
-    metadata: dict[str, JsonValue] | None = None
+    data: Json = None
+    metadata: JsonObject | None = None
     subject: StrictStr | None = None
     correlation_id: StrictStr | None = None
     causation_id: StrictStr | None = None
@@ -61,6 +69,11 @@ class PageQuery(BaseModel):
 
     after: int | None = Field(None, ge=0, description="the `next` of the previous page")
     limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+class FilterFailureQuery(PageQuery):
+    event_id: str | None = None
+    subscription_id: str | None = None
 
 
 class JobQuery(PageQuery):
@@ -263,6 +276,11 @@ def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callab
     @app.get("/api/dead-letters")
     def dead_letters(query: Annotated[PageQuery, Query()]) -> Page:
         return catalog.dead_letters(**query.model_dump())
+
+    @app.get("/api/filter-failures")
+    def filter_failures(query: Annotated[FilterFailureQuery, Query()]) -> Page:
+        """(event, subscription) pairs whose filter failed on the event: not matched, no job."""
+        return catalog.filter_failures(**query.model_dump())
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:

@@ -35,7 +35,18 @@ from processor.sqlite_store import (
 )
 
 WRITABLE_COLUMNS = tuple(column for column in SUBSCRIPTION_COLUMNS if column != "id")
-DEAD_LETTER_COLUMNS = ("position", "event_id", "reason", "raw", "received_at", "created_at")
+DEAD_LETTER_COLUMNS = (
+    "position",
+    "event_id",
+    "reason",
+    "raw",
+    "raw_bytes",
+    "raw_sha256",
+    "received_at",
+    "created_at",
+)
+FILTER_FAILURE_COLUMNS = ("event_id", "subscription_id", "client_id", "reason", "failed_at")
+PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text, whatever its limit
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
 INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -169,6 +180,17 @@ class Catalog:
     def dead_letters(self, *, after: int | None = None, limit: int) -> Page:
         return self._page("dead_letters", DEAD_LETTER_COLUMNS, {}, after, limit)
 
+    def filter_failures(
+        self,
+        *,
+        after: int | None = None,
+        limit: int,
+        event_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> Page:
+        filters = {"event_id": event_id, "subscription_id": subscription_id}
+        return self._page("filter_failures", FILTER_FAILURE_COLUMNS, filters, after, limit)
+
     def _page(
         self,
         table: str,
@@ -177,21 +199,28 @@ class Catalog:
         after: int | None,
         limit: int,
     ) -> Page:
-        """Rows in ``seq`` order after the cursor, those filters that are given all holding."""
+        """Rows in ``seq`` order after the cursor, those filters that are given all
+        holding: at most ``limit``, and no more once they hold ``PAGE_BYTES`` of
+        text (but always one), so that a response's size does not follow the
+        rows' sizes. Read row by row: the rows past the page are never read."""
         given = {column: value for column, value in filters.items() if value is not None}
         conditions = " ".join(f"AND {column} = ?" for column in given)
+        items: list[dict[str, Any]] = []
+        size, last, more = 0, None, False
         with self._session(write=False) as connection:
             rows = connection.execute(
                 f"SELECT seq, {', '.join(columns)} FROM {table} "
                 f"WHERE seq > ? {conditions} ORDER BY seq LIMIT ?",
                 (after or 0, *given.values(), limit + 1),
-            ).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(
-            items=[{column: row[column] for column in columns} for row in rows],
-            next=rows[-1]["seq"] if more else None,
-        )
+            )
+            for row in rows:
+                if len(items) == limit or (items and size > PAGE_BYTES):
+                    more = True
+                    break
+                items.append({column: row[column] for column in columns})
+                size += sum(len(value) for value in items[-1].values() if isinstance(value, str))
+                last = row["seq"]
+        return Page(items=items, next=last if more else None)
 
     def stats(self) -> dict[str, Any]:
         """The projections, read together so that they agree with each other."""
@@ -245,7 +274,7 @@ def _encode(column: str, value: Any) -> Any:
     if value is None:
         return None
     if column in JSON_TEXT_COLUMNS:
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)  # the models refuse NaN first
     if column == "active":
         return int(value)
     if column == "time":

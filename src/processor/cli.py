@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import FrameType
@@ -15,7 +17,7 @@ import redis
 from pymongo import MongoClient
 
 from processor.config import Config, ConfigError, load, redact
-from processor.health import Health
+from processor.health import Health, Watchdog
 from processor.indexes import ensure_indexes
 from processor.leader import LeaderLock, epoch_key, lead
 from processor.loop import Processor, Settings, Stopped
@@ -35,6 +37,8 @@ environment:
   FC_MONGO_DB                 MongoDB database name (default flowcatalyst)
   FC_METRICS_PORT             port of /metrics, /health, /live and /ready (default 9090; 0: none)
   FC_STREAM_BATCH_SIZE        most events per processing batch (default 100)
+  FC_STREAM_BATCH_BYTES       most bytes of events per batch, but always one event (default 8 MiB)
+  FC_STREAM_MAX_EVENT_BYTES   larger events are dead-lettered unread (default 16 MiB, MongoDB's limit)
   FC_STREAM_RESUME_TOKEN_KEY  Redis key of the resume token (default stream-processor)
   FC_REDIS_URL                Redis URL for the resume token; unset: held in memory, lost on restart
   FC_LOG_LEVEL                trace, debug, info, warn, error (default: RUST_LOG's level, else info)
@@ -49,13 +53,22 @@ environment:
   FC_HEALTH_MAX_LAG_SECONDS   /health says DOWN above this lag (default 60)
   FC_HEALTH_MAX_ERROR_RATE    /health says DOWN when more store operations than this share failed
                               over the last FC_HEALTH_WINDOW_SECONDS (default 0.5 over 60)
+  FC_HEALTH_STALL_SECONDS     /health and /live say DOWN once one step of processing (a read, a batch,
+                              a commit) has lasted this long (default 60)
+  FC_SHUTDOWN_GRACE_SECONDS   after SIGTERM, how long the current batch may take before the process
+                              exits without it (default 20); its events are processed at the next start
 """
 
 
 def open_store(config: Config, metrics: Metrics) -> tuple[Store, Callable[[], object] | None]:
     """The store ``FC_MONGO_URL`` names, and what must run before processing starts."""
     if config.embedded_path is not None:
-        return SqliteStore(config.embedded_path, resume_key=config.stream_resume_token_key), None
+        embedded = SqliteStore(
+            config.embedded_path,
+            resume_key=config.stream_resume_token_key,
+            max_event_bytes=config.stream_max_event_bytes,
+        )
+        return embedded, None
     client: MongoClient[dict[str, Any]] = MongoClient(config.mongo_url, tz_aware=True, connect=False)
     database = client[config.mongo_db]
     tokens: TokenStore
@@ -71,7 +84,8 @@ def open_store(config: Config, metrics: Metrics) -> tuple[Store, Callable[[], ob
             instance=config.standby_instance_id,
             epoch_key=epoch_key(config.standby_lock_key) if shared else None,
         )
-    return MongoStore(database, tokens, metrics), lambda: ensure_indexes(database)
+    store = MongoStore(database, tokens, metrics, max_event_bytes=config.stream_max_event_bytes)
+    return store, lambda: ensure_indexes(database)
 
 
 def lock_url(config: Config) -> str | None:
@@ -113,32 +127,72 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"fc-stream-processor: configuration error: {error}", file=sys.stderr)
         return 2
-    processor = Processor(
-        store, Settings(batch_size=config.stream_batch_size), metrics, Health(config.thresholds())
-    )
+    settings = Settings(batch_size=config.stream_batch_size, batch_bytes=config.stream_batch_bytes)
+    processor = Processor(store, settings, metrics, Health(config.thresholds()))
+    wake = threading.Event()  # the worker ended, or a signal asked to stop
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s received: finishing the current batch", signal.Signals(signum).name)
         processor.stop()
+        wake.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("store %s, batches of up to %d events", redact(config.mongo_url), config.stream_batch_size)
-    with ExitStack() as stack:
-        if config.metrics_port:
-            app = ops_app(metrics, processor.health, alive=lambda: True)
-            stack.enter_context(OpsServer(app, "0.0.0.0", config.metrics_port))
-        stack.callback(store.close)
+    outcome = [0]
+
+    def work() -> None:
         try:
-            if prepare is not None:
-                processor.retry("create indexes", prepare)
-            if lock is None:
-                processor.run()
-            else:
-                lead(lock, processor)
-        except StoreMisconfigured as error:
-            log.error("cannot start: %s", error)
-            return 3
-        except Stopped:
-            pass
+            outcome[0] = process(processor, lock, prepare)
+        finally:
+            wake.set()
+
+    # Processing runs in a thread of its own, so that this one can keep its
+    # promise to stop within the grace period even when a batch never ends.
+    worker = threading.Thread(target=work, name="processor")
+    with ExitStack() as stack:
+        stack.callback(store.close)
+        worker.start()
+        stack.enter_context(Watchdog(processor.health))
+        if config.metrics_port:
+            app = ops_app(metrics, processor.health, alive=worker.is_alive)
+            stack.enter_context(OpsServer(app, "0.0.0.0", config.metrics_port))
+        while worker.is_alive() and not processor.stop_requested.is_set():
+            wake.wait(1.0)
+            wake.clear()
+        worker.join(config.shutdown_grace_seconds)
+        if worker.is_alive():
+            abandon(processor.health, lock, config.shutdown_grace_seconds)
+    return outcome[0]
+
+
+def process(processor: Processor, lock: LeaderLock | None, prepare: Callable[[], object] | None) -> int:
+    """The processor's work until it is asked to stop; the process's exit code."""
+    try:
+        if prepare is not None:
+            processor.retry("create indexes", prepare)
+        if lock is None:
+            processor.run()
+        else:
+            lead(lock, processor)
+    except StoreMisconfigured as error:
+        log.error("cannot start: %s", error)
+        return 3
+    except Stopped:
+        pass
     return 0
+
+
+def abandon(health: Health, lock: LeaderLock | None, grace: float) -> None:
+    """Exit now, without the batch in hand: nothing is lost, since its resume
+    token was not saved; the next start processes its events again."""
+    log.error(
+        "the current batch did not finish within %.0fs of the stop request (FC_SHUTDOWN_GRACE_SECONDS)%s; "
+        "exiting without it: its events are processed again at the next start",
+        grace,
+        f" ({stall})" if (stall := health.stall()) else "",
+    )
+    if lock is not None:
+        lock.release()  # a standby may lead at once; this instance's writes are fenced from now on
+    logging.shutdown()
+    os._exit(1)

@@ -15,6 +15,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processor.store import BATCH_BYTES, MAX_EVENT_BYTES
+
+SHUTDOWN_GRACE_SECONDS = 20.0  # after a stop request, how long the batch in hand may take
+
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical")
 
 
@@ -27,6 +31,7 @@ class Thresholds:
     max_error_rate: float = 0.5
     window: float = 60.0
     min_operations: int = 5
+    stall: float = 60.0
 
 
 class ConfigError(Exception):
@@ -44,6 +49,8 @@ class Config(BaseSettings):
     mongo_db: Annotated[str, Field(min_length=1)] = "flowcatalyst"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9090
     stream_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    stream_batch_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = BATCH_BYTES
+    stream_max_event_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = MAX_EVENT_BYTES
     stream_resume_token_key: Annotated[str, Field(min_length=1)] = "stream-processor"
     redis_url: str | None = None
     log_level: str | None = None  # FC_LOG_LEVEL; RUST_LOG is read when it is unset
@@ -59,6 +66,8 @@ class Config(BaseSettings):
     health_max_lag_seconds: Annotated[float, Field(gt=0)] = 60.0
     health_max_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     health_window_seconds: Annotated[float, Field(gt=0)] = 60.0
+    health_stall_seconds: Annotated[float, Field(gt=0)] = 60.0
+    shutdown_grace_seconds: Annotated[float, Field(gt=0)] = SHUTDOWN_GRACE_SECONDS
 
     @field_validator("mongo_url")
     @classmethod
@@ -80,6 +89,7 @@ class Config(BaseSettings):
             max_lag=self.health_max_lag_seconds,
             max_error_rate=self.health_max_error_rate,
             window=self.health_window_seconds,
+            stall=self.health_stall_seconds,
         )
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,8 @@ import uvicorn
 
 from processor.api import MAX_PAGE_SIZE, NewEvent, create_app
 from processor.catalog import Catalog
-from processor.health import Health
+from processor.config import SHUTDOWN_GRACE_SECONDS
+from processor.health import Health, Watchdog
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import SubscriptionFields
@@ -124,11 +126,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         ).start()
     log.info("serving %s (API docs at %s/docs), store %s", base_url, base_url, args.db)
     try:
-        server.run()
+        with Watchdog(health):
+            server.run()
     finally:
         log.info("stopping: the processor finishes its current batch")
         processor.stop()
-        worker.join()
+        worker.join(SHUTDOWN_GRACE_SECONDS)
+        if worker.is_alive():
+            log.error(
+                "the current batch did not finish within %.0fs (%s); exiting without it: "
+                "its events are processed again at the next start",
+                SHUTDOWN_GRACE_SECONDS,
+                health.stall(),
+            )
+            logging.shutdown()
+            os._exit(1)
         catalog.close()
         store.close()
 

@@ -7,11 +7,17 @@ their job):
 - the store has failed for longer than ``disconnected_grace`` seconds;
 - the lag is over ``max_lag`` seconds;
 - over the last ``window`` seconds, more than ``max_error_rate`` of the store
-  operations failed (with at least ``min_operations`` of them).
+  operations failed (with at least ``min_operations`` of them);
+- the processing thread has been in one step of its work (a read, one
+  batch's matching, a commit) for longer than ``stall`` seconds without
+  finishing it: a stall, which also makes ``/live`` fail, since only a restart
+  can end it. The waits between the attempts at a store that fails are not
+  counted: that store has a reason of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -20,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processor.config import Thresholds, redact
+
+log = logging.getLogger(__name__)
 
 
 class Health:
@@ -40,6 +48,11 @@ class Health:
         self._events = 0
         self._last_error: str | None = None
         self._role = "single"
+        # Written by the processing thread without the lock, once per event for
+        # ``_where``: each is one attribute, read whole by the other threads.
+        self._step_since: float | None = None
+        self._step = ""
+        self._where: str | None = None
 
     def set_role(self, role: str) -> None:
         with self._lock:
@@ -48,6 +61,36 @@ class Health:
     def connected(self) -> None:
         with self._lock:
             self._succeeded()
+
+    def step(self, step: str) -> None:
+        """The processing thread begins a step of its work."""
+        self._step, self._where = step, None
+        self._step_since = self._clock()
+
+    def at(self, position: str) -> None:
+        """... and is at this event of it."""
+        self._where = position
+
+    def rest(self) -> None:
+        """The processing thread stopped working: stopped, standing by, or
+        waiting to retry a store that failed (which has reasons of its own)."""
+        self._step_since = None
+
+    def resume(self) -> None:
+        """The processing thread takes up its step again, after waiting."""
+        self._step_since = self._clock()
+
+    def stall(self) -> str | None:
+        """What the processing thread is stuck at, once it has been in one step
+        for longer than the threshold; None while it makes progress."""
+        since = self._step_since
+        if since is None:
+            return None
+        seconds = self._clock() - since
+        if seconds <= self.thresholds.stall:
+            return None
+        where = self._where
+        return f"stalled for {seconds:.0f}s {self._step}" + (f", at event {where}" if where else "")
 
     def failed(self, operation: str, error: BaseException | None) -> None:
         with self._lock:
@@ -63,6 +106,10 @@ class Health:
             self._last_batch_at = datetime.now(UTC)
             self._events += events
             self._lag = lag
+
+    def caught_up(self) -> None:
+        with self._lock:
+            self._lag = 0.0
 
     def _succeeded(self) -> None:
         self._failing_since = None
@@ -89,6 +136,9 @@ class Health:
                     reasons.append(f"lag {self._lag:.0f}s is over {limits.max_lag:.0f}s")
                 if operations >= limits.min_operations and error_rate > limits.max_error_rate:
                     reasons.append(f"{error_rate:.0%} of store operations failed in {limits.window:.0f}s")
+            stall = self.stall()
+            if stall is not None:
+                reasons.append(stall)
             return {
                 "status": "DOWN" if reasons else "UP",
                 "reasons": reasons,
@@ -101,4 +151,34 @@ class Health:
                 "last_batch_at": self._last_batch_at.isoformat() if self._last_batch_at else None,
                 "events_processed": self._events,
                 "last_error": self._last_error,
+                "stalled": stall,
             }
+
+
+class Watchdog:
+    """Logs a stall of the processing thread when it begins and when it ends:
+    the thread that is stuck cannot say so itself."""
+
+    def __init__(self, health: Health, interval: float = 1.0) -> None:
+        self._health = health
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        stalled = False
+        while not self._stop.wait(self._interval):
+            stall = self._health.stall()
+            if stall is not None and not stalled:
+                log.error("processing %s; /live and /health answer 503 until it moves on", stall)
+            elif stall is None and stalled:
+                log.warning("processing moves again")
+            stalled = stall is not None

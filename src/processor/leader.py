@@ -135,10 +135,13 @@ class LeaderLock:
 
 
 class Renewer:
-    """Renews the lock in the background while the leader works."""
+    """Renews the lock in the background while the leader works, and only while
+    it works: a leader whose processing has stalled lets the lock lapse, so that
+    a standby takes over instead of waiting on it for ever."""
 
-    def __init__(self, lock: LeaderLock) -> None:
+    def __init__(self, lock: LeaderLock, stall: Callable[[], str | None] = lambda: None) -> None:
         self._lock = lock
+        self._stall = stall
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-renewer", daemon=True)
 
@@ -152,6 +155,10 @@ class Renewer:
 
     def _run(self) -> None:
         while not self._stop.wait(self._lock.renew_interval):
+            stall = self._stall()
+            if stall is not None:
+                log.error("processing %s: no longer renewing the leader lock, a standby takes over", stall)
+                return
             if not self._lock.renew() and not self._lock.held():
                 return
 
@@ -170,7 +177,7 @@ def lead(lock: LeaderLock, processor: Processor) -> None:
             assert lock.epoch is not None
             health.set_role("leader")
             metrics.leader.set(1)
-            with Renewer(lock):
+            with Renewer(lock, health.stall):
                 processor.run(lease=lock.held, epoch=lock.epoch)
             if not processor.stop_requested.is_set():
                 log.warning("no longer the leader (lease ended or lock lost): standing by")

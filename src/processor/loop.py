@@ -5,7 +5,9 @@
 Everything that can fail against the store is retried with capped exponential
 backoff and jitter, and nothing moves on until the batch is committed: the
 resume token only ever follows work that was written. One bad event is
-dead-lettered; it never stops the batch around it.
+dead-lettered; it never stops the batch around it. One filter that fails on
+an event fails that pair alone: it is recorded as a filter failure, and the
+event's other subscriptions get their jobs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import tenacity
@@ -25,8 +27,9 @@ from processor.health import Health
 from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
-from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent
+from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
 from processor.store import (
+    BATCH_BYTES,
     Batch,
     CommitReport,
     FeedEntry,
@@ -39,6 +42,8 @@ from processor.store import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+FAILURE_LOG_INTERVAL = timedelta(minutes=1)  # a subscription's filter failures are logged this seldom
+MAX_REASON = 1000  # characters of an error kept as the reason of a filter failure
 
 
 class Stopped(Exception):
@@ -48,6 +53,7 @@ class Stopped(Exception):
 @dataclass(frozen=True)
 class Settings:
     batch_size: int = 100  # FC_STREAM_BATCH_SIZE
+    batch_bytes: int = BATCH_BYTES  # FC_STREAM_BATCH_BYTES
     max_wait: float = 0.5  # seconds a read waits for the first event of a batch
     backoff_initial: float = 0.05
     backoff_max: float = 10.0
@@ -72,6 +78,7 @@ class Processor:
         self.stop_requested = threading.Event()
         self._clock = clock
         self._retrying: dict[str, tenacity.Retrying] = {}
+        self._failures_logged: dict[str, tuple[datetime, int]] = {}  # by subscription: when, suppressed since
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -91,20 +98,28 @@ class Processor:
         except (Stopped, Fenced):
             return
         log.info("processing events after %s", token or "the current point")
+        settings, health = self.settings, self.health
         try:
             while self._may_continue():
-                batch = self.retry("read", feed.next_batch, self.settings.batch_size, self.settings.max_wait)
-                self.health.connected()
+                health.step(f"reading the feed after {token or 'its start'}")
+                batch = self.retry(
+                    "read", feed.next_batch, settings.batch_size, settings.max_wait, settings.batch_bytes
+                )
+                health.connected()
                 if not lease():
                     break  # paused or cut off past the lease: leave this batch to the new leader
                 if batch.entries or batch.resume_token != token:
                     self.process(batch)
                     token = batch.resume_token
+                else:  # nothing new: caught up, whatever the size of the last batch
+                    self.metrics.lag.set(0)
+                    health.caught_up()
         except Stopped:
             pass
         except Fenced as error:
             log.warning("stepping down: %s", error)
         finally:
+            health.rest()
             feed.close()
 
     def _may_continue(self) -> bool:
@@ -118,13 +133,17 @@ class Processor:
         events: list[Event] = []
         jobs: list[DispatchJob] = []
         dead_letters: list[DeadLetter] = []
+        failures: list[FilterFailure] = []
+        health = self.health
+        health.step("processing")
         for entry in batch.entries:
+            health.at(entry.position)  # what a stall names
             # Subscriptions as they stood when this event was inserted.
             while self._pending and self._pending[0].effective_after < entry.order:
                 self.matcher.apply(self._pending.popleft(), self.metrics)
             try:
                 event = entry.event()
-                matched = self.matcher.match(event)
+                matched, failed = self.matcher.match(event)
             except InvalidEvent as error:
                 dead_letters.append(self._dead_letter(entry, error))
                 continue
@@ -136,10 +155,19 @@ class Processor:
                 continue
             events.append(event)
             jobs.extend(create_jobs(event, matched, now))
+            if failed:
+                failures += (
+                    self._filter_failed(event, subscription, error, now) for subscription, error in failed
+                )
+        health.step(
+            f"committing the batch that ends at {batch.entries[-1].position}"
+            if batch.entries
+            else "committing"
+        )
         report = self.retry(
             "commit",
             self.store.commit,
-            ProcessedBatch(events, jobs, dead_letters, batch.resume_token),
+            ProcessedBatch(events, jobs, dead_letters, batch.resume_token, failures),
         )
         self._measure(batch, events, jobs, report, time.perf_counter() - started)
         return report
@@ -147,13 +175,30 @@ class Processor:
     def _dead_letter(self, entry: FeedEntry, error: InvalidEvent) -> DeadLetter:
         log.error("event at %s skipped and dead-lettered: %s", entry.position, error)
         self.metrics.events_dead_lettered.labels(error.kind).inc()
-        return DeadLetter(
-            position=entry.position,
-            event_id=entry.event_id if isinstance(entry.event_id, str) else None,
-            reason=str(error),
-            raw=entry.raw(),
-            received_at=entry.received_at,
-        )
+        event_id = entry.event_id if isinstance(entry.event_id, str) else None
+        return DeadLetter.of(entry.position, event_id, str(error), entry.raw(), entry.received_at)
+
+    def _filter_failed(
+        self, event: Event, subscription: Subscription, error: Exception, now: datetime
+    ) -> FilterFailure:
+        """Counted every time; logged once a minute at most per subscription, since
+        a broken filter fails on every event of its type."""
+        kind = type(error).__name__
+        self.metrics.filter_failures.labels(kind).inc()
+        reason = f"{kind}: {error}"[:MAX_REASON]
+        last, suppressed = self._failures_logged.get(subscription.id, (None, 0))
+        if last is None or now - last >= FAILURE_LOG_INTERVAL:
+            log.error(
+                "the filter of subscription %r failed on event %r, which it does not receive: %s%s",
+                subscription.id,
+                event.id,
+                reason,
+                f" ({suppressed} more failures of it since the last one logged)" if suppressed else "",
+            )
+            self._failures_logged[subscription.id] = (now, 0)
+        else:
+            self._failures_logged[subscription.id] = (last, suppressed + 1)
+        return FilterFailure(event.id, subscription.id, event.client_id, reason, now)
 
     def _measure(
         self,
@@ -171,7 +216,7 @@ class Processor:
         m.processing_duration.observe(seconds)
         m.subscriptions_active.set(len(self.matcher))
         lag = 0.0
-        if batch.entries and len(batch.entries) >= self.settings.batch_size:
+        if batch.entries and batch.more:
             newest = batch.entries[-1].received_at  # more are waiting: report how far behind
             lag = max(0.0, (self._clock() - newest).total_seconds())
         m.lag.set(lag)
@@ -180,7 +225,9 @@ class Processor:
         self.health.batch_done(len(batch.entries), lag)
 
     def _pause(self, seconds: float) -> None:
+        self.health.rest()  # waiting to retry is not a stall
         self.stop_requested.wait(seconds)
+        self.health.resume()
 
     def retry(self, operation: str, call: Callable[..., T], *args: object) -> T:
         """``call(*args)`` until it succeeds, backing off between failures; a stop

@@ -2,7 +2,9 @@
 
 Per client, a fastmatch index maps event-type patterns to subscription ids, so
 an event is only ever compared with its own client's patterns; the filters of
-the few subscriptions whose pattern matched are checked after.
+the few subscriptions whose pattern matched are checked after, each on its own:
+a filter that fails on an event (an error, data too deep for it) fails that
+pair alone, and the event's other subscriptions are matched as usual.
 """
 
 from __future__ import annotations
@@ -63,11 +65,22 @@ class SubscriptionMatcher:
         if not len(index):
             del self._indexes[old.client_id]
 
-    def match(self, event: Event) -> list[Subscription]:
+    def match(self, event: Event) -> tuple[list[Subscription], list[tuple[Subscription, Exception]]]:
         """The subscriptions that want ``event``: held (so active), of its client,
-        with a pattern that matches its type and filters that hold."""
+        with a pattern that matches its type and filters that hold; and those
+        whose filter raised on it, with the error."""
         index = self._indexes.get(event.client_id)
         if index is None:
-            return []
-        found = map(self._subscriptions.__getitem__, index.match(event.type))
-        return [s for s in found if s.filters is None or s.filters.accept(event)]
+            return [], []
+        matched, failed = [], []
+        for subscription in map(self._subscriptions.__getitem__, index.match(event.type)):
+            filters = subscription.filters
+            if filters is None:
+                matched.append(subscription)
+                continue
+            try:
+                if filters.accept(event):
+                    matched.append(subscription)
+            except Exception as error:  # whatever a filter raises fails this pair alone
+                failed.append((subscription, error))
+        return matched, failed

@@ -46,6 +46,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.filter_failures = Counter(
+            "fc_stream_filter_failures",
+            "(event, subscription) pairs whose filter failed to evaluate, by error kind; not matched",
+            ["kind"],
+            registry=r,
+        )
         self.duplicate_jobs = Counter(
             "fc_stream_duplicate_jobs_suppressed",
             "Jobs that existed already when written: replayed events",

@@ -8,7 +8,9 @@ person can act on, and a bad request gets a 4xx that says what to fix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Self
@@ -17,6 +19,7 @@ from jsonpath_rfc9535 import JSONPathQuery
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     JsonValue,
@@ -34,6 +37,7 @@ from processor.filters import Operator, compile_path, holds, json_equal
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
+MAX_DEAD_LETTER_RAW = 64 * 1024  # bytes of an invalid event's raw document a dead letter keeps
 
 
 def _http_url(text: str) -> str:
@@ -44,7 +48,37 @@ def _http_url(text: str) -> str:
 
 def _utc(moment: datetime) -> datetime:
     # Naive times are UTC: that is what MongoDB drivers and SQLite's clock give.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in year 10000 in UTC
+        raise ValueError("is outside the range of UTC times (years 1 to 9999)") from None
+
+
+def _time_input(value: object) -> object:
+    """A time is a date or its text; pydantic would also read bytes and numbers
+    (as Unix time), which no store or client means as a time."""
+    if isinstance(value, datetime | str):
+        return value
+    raise ValueError(f"must be a time (RFC 3339 text), not {type(value).__name__}")
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a value holding one could not be stored as
+    JSON text, nor read back. Walked without recursion: the value may be deep."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(
+                f"holds {item!r}, which is not a JSON number (nor is one too large for a double)"
+            )
+        if isinstance(item, list):
+            pending += item
+        elif isinstance(item, dict):
+            pending += item.values()
+    return value
 
 
 Text = Annotated[StrictStr, StringConstraints(min_length=1)]
@@ -53,7 +87,10 @@ Identifier = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX
 EventType = Annotated[StrictStr, AfterValidator(validate_event_type)]
 Pattern = Annotated[StrictStr, AfterValidator(validate_pattern)]
 Url = Annotated[StrictStr, AfterValidator(_http_url)]
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, BeforeValidator(_time_input), AfterValidator(_utc)]
+Json = Annotated[JsonValue, AfterValidator(_finite)]
+"""Any JSON value; ``JsonValue`` alone also takes NaN and infinity (Python's ``json`` reads them)."""
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
 
 
 def _query(expression: str) -> str:
@@ -91,7 +128,7 @@ class PayloadCondition(BaseModel):
 
     path: JsonPath
     op: Operator
-    value: JsonValue = None
+    value: Json = None
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> Self:
@@ -123,7 +160,7 @@ class EventFilters(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: list[StrictStr] | None = None
-    metadata: dict[str, JsonValue] | None = None
+    metadata: JsonObject | None = None
     payload: list[PayloadFilter] | None = None
 
     _checks: list[tuple[JSONPathQuery, Operator, JsonValue]] = PrivateAttr(default_factory=list)
@@ -204,13 +241,51 @@ class DispatchJob:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event the processor could not accept, kept whole with the reason."""
+    """An event the processor could not accept, kept with the reason.
+
+    ``raw`` is the document as stored, as text, cut to its first
+    ``MAX_DEAD_LETTER_RAW`` bytes, so that a dead letter can always be written
+    whatever the event's size; ``raw_bytes`` and ``raw_sha256`` describe the
+    whole of it."""
 
     position: str  # where the event stands in its store's feed
     event_id: str | None
     reason: str
     raw: str
     received_at: datetime
+    raw_bytes: int
+    raw_sha256: str
+
+    @classmethod
+    def of(
+        cls, position: str, event_id: str | None, reason: str, raw: Iterable[str], received_at: datetime
+    ) -> DeadLetter:
+        """The dead letter of a document given as pieces of its raw text, which
+        are read once and never held together."""
+        digest = hashlib.sha256()
+        kept: list[str] = []
+        room = MAX_DEAD_LETTER_RAW
+        size = 0
+        for piece in raw:
+            data = piece.encode("utf-8", "surrogatepass")
+            digest.update(data)
+            size += len(data)
+            if room > 0:
+                kept.append(piece if len(data) <= room else data[:room].decode("utf-8", "ignore"))
+                room -= len(data)
+        return cls(position, event_id, reason, "".join(kept), received_at, size, digest.hexdigest())
+
+
+@dataclass(frozen=True, slots=True)
+class FilterFailure:
+    """A subscription whose filter could not be evaluated on an event: the pair
+    counts as not matched, and is kept so that it can be driven again."""
+
+    event_id: str
+    subscription_id: str
+    client_id: str
+    reason: str
+    failed_at: datetime
 
 
 class InvalidEvent(ValueError):

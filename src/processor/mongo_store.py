@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bson
 from bson import ObjectId, json_util
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, InsertOne, UpdateOne
@@ -35,11 +36,14 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
+from processor.jobs import job_id
 from processor.metrics import Metrics
-from processor.models import DeadLetter, DispatchJob, Event
-from processor.projections import ProjectionDelta
+from processor.models import DeadLetter, DispatchJob, Event, FilterFailure
+from processor.projections import ProjectionDelta, event_key
 from processor.resume import TokenStore
 from processor.store import (
+    BATCH_BYTES,
+    MAX_EVENT_BYTES,
     Batch,
     CommitReport,
     FeedEntry,
@@ -55,6 +59,7 @@ EVENTS = "events"
 SUBSCRIPTIONS = "subscriptions"
 JOBS = "dispatch_jobs"
 DEAD_LETTERS = "dead_letters"
+FILTER_FAILURES = "filter_failures"
 EVENT_TYPE_COUNTS = "event_type_counts"
 SUBSCRIPTION_STATS = "subscription_stats"
 CLIENT_ACTIVITY = "client_activity"
@@ -135,8 +140,10 @@ class MongoFeed:
         checkpoint: Checkpoint | None,
         metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._events = database.get_collection(EVENTS, read_concern=ReadConcern("majority"))
+        self._max_event_bytes = max_event_bytes
         self._database = database
         self._checkpoint = checkpoint
         self._metrics = metrics
@@ -149,22 +156,22 @@ class MongoFeed:
 
     # -- the change stream -------------------------------------------------
 
-    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+    def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
         options: Document = {"batch_size": max_events, "max_await_time_ms": max(1, int(max_wait * 1000))}
         with unavailable_on_failure("change stream"):
             try:
                 if self._stream is None or not self._stream.alive:
                     self._open(options)
                 if self._catch_up is None:
-                    return self._stream_batch(max_events)
+                    return self._stream_batch(max_events, max_bytes)
             except OperationFailure as error:
                 # The server reports a token that left the oplog on the first read.
                 if error.code not in LOST_HISTORY:
                     raise
                 self._recover_lost_history(error, options)
             if self._catch_up is not None:
-                return self._catch_up_batch(max_events)
-            return self._stream_batch(max_events)
+                return self._catch_up_batch(max_events, max_bytes)
+            return self._stream_batch(max_events, max_bytes)
 
     def _open(self, options: Document) -> None:
         """Resume after the saved token, or (first start) begin at the current point,
@@ -224,11 +231,15 @@ class MongoFeed:
             raise StoreUnavailable("the server reported no operation time: is this a replica set?")
         return operation_time
 
-    def _stream_batch(self, max_events: int) -> Batch:
+    def _stream_batch(self, max_events: int, max_bytes: int) -> Batch:
+        """What the stream has, up to the limits: the driver holds a getMore's
+        documents already (MongoDB bounds that reply), so the byte budget is
+        counted on the documents read and closes the batch once spent."""
         assert self._stream is not None
         entries: list[FeedEntry] = []
         cluster_time = self._checkpoint.cluster_time if self._checkpoint else None
-        while len(entries) < max_events:
+        spent = 0
+        while len(entries) < max_events and spent < max_bytes:
             try:
                 change = self._stream.try_next()
             except PyMongoError:
@@ -240,24 +251,29 @@ class MongoFeed:
             if change is None:
                 break
             cluster_time = change.get("clusterTime", cluster_time)
-            entries.append(self._entry(change["fullDocument"], cluster_time, str(change["_id"]["_data"])))
+            entry, size = self._entry(change["fullDocument"], cluster_time, str(change["_id"]["_data"]))
+            entries.append(entry)
+            spent += size
         token = self._stream.resume_token
         self._checkpoint = Checkpoint(None if token is None else dict(token), cluster_time)
-        return Batch(entries, self._checkpoint.dumps())
+        return Batch(entries, self._checkpoint.dumps(), more=len(entries) == max_events or spent >= max_bytes)
 
-    def _catch_up_batch(self, max_events: int) -> Batch:
+    def _catch_up_batch(self, max_events: int, max_bytes: int) -> Batch:
         assert self._catch_up is not None
         entries = []
         checkpoint = self._checkpoint
         last = None
+        spent = 0
         try:
             for document in self._catch_up:
                 identifier = last = document["_id"]
                 moment = identifier.generation_time
-                entries.append(self._entry(document, Timestamp(moment, 0), f"catch-up {identifier}"))
+                entry, size = self._entry(document, Timestamp(moment, 0), f"catch-up {identifier}")
+                entries.append(entry)
+                spent += size
                 if checkpoint is not None:  # keep the old token: a crash now must catch up again
                     checkpoint = Checkpoint(checkpoint.resume_token, Timestamp(moment, 0))
-                if len(entries) == max_events:
+                if len(entries) == max_events or spent >= max_bytes:
                     break
             else:
                 self._catch_up = None
@@ -270,26 +286,41 @@ class MongoFeed:
         if last is not None:
             self._catch_up_from = {"$gt": last}
         self._checkpoint = checkpoint
-        return Batch(entries, None if checkpoint is None else checkpoint.dumps())
+        more = self._catch_up is not None or len(entries) == max_events
+        return Batch(entries, None if checkpoint is None else checkpoint.dumps(), more)
 
-    def _entry(self, document: Document, cluster_time: Timestamp | None, position: str) -> FeedEntry:
+    def _entry(
+        self, document: Document, cluster_time: Timestamp | None, position: str
+    ) -> tuple[FeedEntry, int]:
+        """The entry of a stored document, and its size in BSON bytes."""
         received_at = cluster_time.as_datetime() if cluster_time else self._now()
         identifier = document.get("_id")
         raw = json_util.dumps(document, json_options=json_util.CANONICAL_JSON_OPTIONS)
         try:
-            converted: Document | None = event_document(document)
-            problem = None
-        except (TypeError, ValueError) as error:
-            converted, problem = None, f"document: cannot be read as JSON ({error})"
-        return FeedEntry(
+            size = len(bson.encode(document))
+        except (bson.errors.InvalidDocument, TypeError, ValueError, OverflowError):
+            size = len(raw)  # a document pymongo cannot encode again: judged by its text
+        converted: Document | None = None
+        if size > self._max_event_bytes:
+            problem: str | None = (
+                f"document: is {size} bytes as BSON, over the limit of {self._max_event_bytes} "
+                "(FC_STREAM_MAX_EVENT_BYTES)"
+            )
+        else:
+            try:
+                converted, problem = event_document(document), None
+            except (TypeError, ValueError) as error:
+                problem = f"document: cannot be read as JSON ({error})"
+        entry = FeedEntry(
             order=order_of(cluster_time) if cluster_time else 0,
             position=position,
             event_id=None if identifier is None else str(identifier),
             document=converted,
-            raw=lambda: raw,
+            raw=lambda: (raw,),
             received_at=received_at,
             problem=problem,
         )
+        return entry, size
 
     def close(self) -> None:
         if self._stream is not None:
@@ -387,8 +418,15 @@ def _subscription_document(document: Document) -> Document:
 
 
 class MongoStore:
-    def __init__(self, database: Database[Document], tokens: TokenStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        database: Database[Document],
+        tokens: TokenStore,
+        metrics: Metrics,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
         self.database = database
+        self._max_event_bytes = max_event_bytes
         self._tokens = tokens
         self._metrics = metrics
         self._subscriptions = MongoSubscriptions(database)
@@ -401,7 +439,12 @@ class MongoStore:
     def open_feed(self, resume_after: str | None) -> MongoFeed:
         self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
         self._inserted_before_failure.clear()
-        return MongoFeed(self.database, Checkpoint.loads(resume_after), self._metrics)
+        return MongoFeed(
+            self.database,
+            Checkpoint.loads(resume_after),
+            self._metrics,
+            max_event_bytes=self._max_event_bytes,
+        )
 
     def subscription_changes(self) -> list[SubscriptionChange]:
         return self._subscriptions.changes()
@@ -413,6 +456,7 @@ class MongoStore:
         with unavailable_on_failure("commit"):
             created = self._insert_jobs(batch.jobs)
             self._insert_dead_letters(batch.dead_letters)
+            self._insert_filter_failures(batch.filter_failures)
             self._project(batch.events, batch.jobs)
         if batch.resume_token is not None:
             self._tokens.save(batch.resume_token)
@@ -456,6 +500,21 @@ class MongoStore:
             ordered=False,
         )
 
+    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
+        if not failures:
+            return
+        self.database[FILTER_FAILURES].bulk_write(
+            [
+                UpdateOne(
+                    {"_id": job_id(failure.event_id, failure.subscription_id)},
+                    {"$setOnInsert": asdict(failure)},
+                    upsert=True,
+                )
+                for failure in failures
+            ],
+            ordered=False,
+        )
+
     def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob]) -> None:
         """Count each event and each job once, ever: in one transaction, mark what is
         counted and count what was not marked yet."""
@@ -467,7 +526,7 @@ class MongoStore:
         def project(session: ClientSession) -> None:
             seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
             delta = ProjectionDelta.of(
-                (e for e in events if f"event:{e.id}" not in seen),
+                (event_key(e) for e in events if f"event:{e.id}" not in seen),
                 (j for j in jobs if f"job:{j.id}" not in seen),
             )
             now = datetime.now(UTC)
@@ -530,6 +589,8 @@ def dead_letter_document(letter: DeadLetter) -> Document:
         "position": letter.position,
         "reason": letter.reason,
         "raw": letter.raw,
+        "raw_bytes": letter.raw_bytes,
+        "raw_sha256": letter.raw_sha256,
         "received_at": letter.received_at,
         "created_at": datetime.now(UTC),
     }

@@ -32,9 +32,12 @@ def add_ops_routes(app: FastAPI, metrics: Metrics, health: Health, alive: Callab
 
     @app.get("/live")
     def live() -> JSONResponse:
-        """The process answers and its processing thread runs: no reason to restart it."""
-        ok = alive()
-        return JSONResponse({"status": "UP" if ok else "DOWN"}, status_code=200 if ok else 503)
+        """The process answers and its processing thread runs and moves on: no
+        reason to restart it. A stall says where it is stuck."""
+        stall = health.stall()
+        ok = alive() and stall is None
+        body = {"status": "UP" if ok else "DOWN"} | ({"reason": stall} if stall else {})
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/ready")
     def ready() -> JSONResponse:

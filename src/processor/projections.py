@@ -10,16 +10,22 @@ is replayed after a crash is never counted twice.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from processor.models import DispatchJob, Event
 
-_type = attrgetter("type")
-_client = attrgetter("client_id")
-_time = attrgetter("time")
+EventKey = tuple[str, str, datetime]
+"""What the projections need of an event: its type, client and time; a store
+that waits to count events keeps these, not the events and their payloads."""
+event_key: Callable[[Event], EventKey] = attrgetter("type", "client_id", "time")
+
+_type = itemgetter(0)
+_client = itemgetter(1)
+_time = itemgetter(2)
+_job_client = attrgetter("client_id")
 _subscription = attrgetter("subscription_id")
 _created = attrgetter("created_at")
 
@@ -42,7 +48,7 @@ class ProjectionDelta:
     last_event_time: dict[str, datetime]  # by client
 
     @classmethod
-    def of(cls, events: Iterable[Event], jobs: Iterable[DispatchJob]) -> ProjectionDelta:
+    def of(cls, events: Iterable[EventKey], jobs: Iterable[DispatchJob]) -> ProjectionDelta:
         # In order of time, so that each key's last entry in dict(zip(...)) is its latest.
         events = sorted(events, key=_time)
         jobs = sorted(jobs, key=_created)
@@ -51,7 +57,7 @@ class ProjectionDelta:
             subscription_jobs=Counter(map(_subscription, jobs)),
             last_matched_at=dict(zip(map(_subscription, jobs), map(_created, jobs), strict=True)),
             client_events=Counter(map(_client, events)),
-            client_jobs=Counter(map(_client, jobs)),
+            client_jobs=Counter(map(_job_client, jobs)),
             last_event_time=dict(zip(map(_client, events), map(_time, events), strict=True)),
         )
 

@@ -13,11 +13,13 @@ loses a count nor makes one twice.
 
 from __future__ import annotations
 
+import codecs
 import json
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -27,9 +29,11 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent
-from processor.projections import ProjectionDelta
+from processor.models import MAX_ID_LENGTH, DeadLetter, DispatchJob, FilterFailure, InvalidEvent
+from processor.projections import EventKey, ProjectionDelta, event_key
 from processor.store import (
+    BATCH_BYTES,
+    MAX_EVENT_BYTES,
     Batch,
     CommitReport,
     FeedEntry,
@@ -122,6 +126,8 @@ CREATE TABLE IF NOT EXISTS dispatch_jobs (
 CREATE INDEX IF NOT EXISTS dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
 CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
 
+-- raw holds at most the first 64 KiB of the event as stored; raw_bytes and
+-- raw_sha256 describe all of it (NULL in dead letters from before they existed).
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq         INTEGER PRIMARY KEY,
     position    TEXT NOT NULL UNIQUE,
@@ -129,7 +135,20 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason      TEXT NOT NULL,
     raw         TEXT NOT NULL,
     received_at TEXT NOT NULL,
-    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    raw_bytes   INTEGER,
+    raw_sha256  TEXT
+);
+
+-- (event, subscription) pairs whose filter failed: not matched, kept to be driven again.
+CREATE TABLE IF NOT EXISTS filter_failures (
+    seq             INTEGER PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    client_id       TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failed_at       TEXT NOT NULL,
+    UNIQUE (event_id, subscription_id)
 );
 
 -- Keyed by text and updated on every batch: WITHOUT ROWID keeps each upsert to one b-tree.
@@ -238,7 +257,21 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous = NORMAL")
     connection.execute("PRAGMA foreign_keys = ON")
     connection.executescript(SCHEMA)
+    _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
     return connection
+
+
+def _add_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns added since a store file was made, added to it in place."""
+
+    def missing() -> list[str]:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        return [name for name in columns if name not in present]
+
+    if missing():
+        with transaction(connection):
+            for name in missing():  # again: another connection may have added them meanwhile
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {columns[name]}")
 
 
 @contextmanager
@@ -260,28 +293,53 @@ def transaction(connection: sqlite3.Connection, *, immediate: bool = True) -> It
 
 
 FEED_COLUMNS = ("seq", "received_at", *EVENT_COLUMNS)
-READ_FEED = f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+# The bytes an event takes as stored: what a batch's budget and the size cap count.
+EVENT_BYTES = " + ".join(f"coalesce(length(CAST({column} AS BLOB)), 0)" for column in FEED_COLUMNS[1:])
+READ_SIZES = f"SELECT seq, {EVENT_BYTES} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+READ_RANGE = f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"
+RAW_CHUNK = 1024 * 1024  # bytes of a large value read at a time
 
 
-def _raw(row: tuple[Any, ...]) -> str:
-    return json.dumps(dict(zip(FEED_COLUMNS, row, strict=True)), ensure_ascii=False, default=repr)
+def _raw(row: tuple[Any, ...]) -> tuple[str]:
+    return (json.dumps(dict(zip(FEED_COLUMNS, row, strict=True)), ensure_ascii=False, default=repr),)
+
+
+class _LongNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    # Python refuses longer integer texts: converting them takes quadratic time.
+    if len(text) - text.startswith("-") > sys.get_int_max_str_digits():
+        raise _LongNumber
+    return int(text)
 
 
 def _loads(text: str) -> Any:
-    """JSON text as Python's ``json`` reads it, about five times faster.
+    """JSON text as Python's ``json`` reads it, about five times faster; a
+    ``ValueError`` says what stops it.
 
     pydantic-core's parser agrees with ``json`` on every text both accept (the
     feed's tests hold it to that); the texts it refuses go to ``json``, which
     accepts a few more (lone surrogate escapes, nesting deeper than 200) and
-    words its errors as the dead letters have always said them."""
+    words its errors as the dead letters have always said them. NaN and
+    Infinity, which ``json`` reads, are taken as it reads them."""
     try:
         return from_json(text)
     except (ValueError, TypeError):  # TypeError: a lone surrogate in the text
         pass
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_parse_int)
+    except _LongNumber:
+        limit = sys.get_int_max_str_digits()
+        raise ValueError(
+            f"valid JSON, but it holds an integer of more than {limit} digits, "
+            "which the processor does not read (converting one takes quadratic time)"
+        ) from None
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    except ValueError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
 
 
 class NotUtf8(bytes):
@@ -295,13 +353,19 @@ def _utf8_or_marked(value: bytes) -> str | NotUtf8:
         return NotUtf8(value)
 
 
+def _received_at(value: object) -> datetime | None:
+    try:
+        return parse_timestamp(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: past year 9999 in UTC
+        return None
+
+
 def _decode(row: tuple[Any, ...], problem: str | None = None) -> FeedEntry:
-    """A row of ``READ_FEED`` as the loop takes it (a plain tuple, which reads far
+    """A row of ``READ_RANGE`` as the loop takes it (a plain tuple, which reads far
     faster than a ``sqlite3.Row``); with a ``problem``, undecodable."""
     seq, received = row[0], row[1]
-    try:
-        received_at = parse_timestamp(received)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: past year 9999 in UTC
+    received_at = _received_at(received)
+    if received_at is None:
         return _undecodable(row, f"received_at: not a time ({received!r})", datetime.now(UTC))
     if problem is not None:
         return _undecodable(row, problem, received_at)
@@ -316,7 +380,7 @@ def _decode(row: tuple[Any, ...], problem: str | None = None) -> FeedEntry:
         try:
             document[column] = _loads(document[column])
         except ValueError as error:
-            return _undecodable(row, f"{column}: not valid JSON ({error})", received_at)
+            return _undecodable(row, f"{column}: {error}", received_at)
     return FeedEntry(seq, str(seq), row[2], document, partial(_raw, row), received_at)
 
 
@@ -331,6 +395,56 @@ def _decode_marked(row: tuple[Any, ...]) -> FeedEntry:
 def _undecodable(row: tuple[Any, ...], problem: str, received_at: datetime) -> FeedEntry:
     seq = row[0]
     return FeedEntry(seq, str(seq), row[2], None, partial(_raw, row), received_at, problem)
+
+
+def _too_large(connection: sqlite3.Connection, seq: int, size: int, limit: int) -> FeedEntry:
+    """An event over the size cap, never read whole: its id and receive time if
+    they are short, and its raw document streamed when a dead letter asks."""
+    row = connection.execute(
+        "SELECT iif(length(CAST(id AS BLOB)) <= ?1, CAST(id AS BLOB), NULL), "
+        "iif(length(CAST(received_at AS BLOB)) <= ?1, CAST(received_at AS BLOB), NULL) "
+        "FROM events WHERE seq = ?2",
+        (4 * MAX_ID_LENGTH, seq),
+    ).fetchone()
+    event_id, received = (None if value is None else value.decode(errors="replace") for value in row)
+    problem = f"document: is {size} bytes as stored, over the limit of {limit} (FC_STREAM_MAX_EVENT_BYTES)"
+    received_at = _received_at(received) or datetime.now(UTC)
+    return FeedEntry(
+        seq, str(seq), event_id, None, partial(_streamed_raw, connection, seq), received_at, problem
+    )
+
+
+def _streamed_raw(connection: sqlite3.Connection, seq: int) -> Iterator[str]:
+    """The text ``_raw`` makes of a row, in pieces: text and blobs are read a
+    chunk at a time (SQLite's blob I/O), so that no piece is large."""
+    kinds = connection.execute(
+        f"SELECT {', '.join(f'typeof({c})' for c in FEED_COLUMNS)} FROM events WHERE seq = ?", (seq,)
+    ).fetchone()
+    yield "{"
+    for n, (column, kind) in enumerate(zip(FEED_COLUMNS, kinds, strict=True)):
+        yield f"{', ' if n else ''}{json.dumps(column)}: "
+        pieces: Iterable[str]
+        if kind == "text":
+            pieces = codecs.iterdecode(_chunks(connection, column, seq), "utf-8", "replace")
+            quotes = '"', '"'
+        elif kind == "blob":  # as repr() shows bytes, as _raw does
+            pieces = (repr(chunk)[2:-1] for chunk in _chunks(connection, column, seq))
+            quotes = "\"b'", "'\""
+        else:
+            (value,) = connection.execute(f"SELECT {column} FROM events WHERE seq = ?", (seq,)).fetchone()
+            yield json.dumps(value)
+            continue
+        yield quotes[0]
+        for piece in pieces:
+            yield json.dumps(piece, ensure_ascii=False)[1:-1]
+        yield quotes[1]
+    yield "}"
+
+
+def _chunks(connection: sqlite3.Connection, column: str, seq: int) -> Iterator[bytes]:
+    with connection.blobopen("events", column, seq, readonly=True) as blob:
+        while chunk := blob.read(RAW_CHUNK):
+            yield chunk
 
 
 def read_entries(connection: sqlite3.Connection, query: str, parameters: tuple[Any, ...]) -> list[FeedEntry]:
@@ -360,7 +474,12 @@ def _select(connection: sqlite3.Connection, query: str, parameters: tuple[Any, .
 class SqliteFeed:
     """Reads ``events`` by ``seq``; when there is nothing new it waits, checking
     ``PRAGMA data_version`` (which changes only when another connection wrote).
-    A read that finds nothing calls ``idle``: the store counts what waits then."""
+    A read that finds nothing calls ``idle``: the store counts what waits then.
+
+    A batch is bounded by bytes as well as by events: the sizes of the next
+    events are read first (SQL, no event leaves the database for it), then as
+    many events as fit. An event over ``max_event_bytes`` is never read: it
+    comes alone, undecodable, and its dead letter streams what it keeps."""
 
     def __init__(
         self,
@@ -368,18 +487,20 @@ class SqliteFeed:
         after: int,
         wakeup: threading.Event,
         idle: Callable[[], None] = lambda: None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._connection = connection
         self._after = after
         self._wakeup = wakeup
         self._idle = idle  # called when a read finds nothing new
-        self.caught_up = True  # the last read found fewer events than it could take
+        self._max_event_bytes = max_event_bytes
+        self.caught_up = True  # the last read took every event there was
 
-    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+    def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
         deadline = time.monotonic() + max_wait
         version = None
         while True:
-            entries = self._read(max_events)
+            entries, more = self._read(max_events, max_bytes)
             if entries:
                 break
             self._idle()
@@ -394,11 +515,27 @@ class SqliteFeed:
                     break
         if entries:
             self._after = entries[-1].order
-        self.caught_up = len(entries) < max_events
-        return Batch(entries, str(self._after))
+        self.caught_up = not more
+        return Batch(entries, str(self._after), more)
 
-    def _read(self, max_events: int) -> list[FeedEntry]:
-        return read_entries(self._connection, READ_FEED, (self._after, max_events))
+    def _read(self, max_events: int, max_bytes: int) -> tuple[list[FeedEntry], bool]:
+        """The next events that fit, and whether more wait."""
+        try:
+            sizes = _select(self._connection, READ_SIZES, (self._after, max_events))
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"sqlite: {error}") from error
+        taken = total = 0
+        for _, size in sizes:
+            if size > self._max_event_bytes or (taken and total + size > max_bytes):
+                break
+            taken, total = taken + 1, total + size
+        more = taken < len(sizes) or len(sizes) == max_events
+        if taken:
+            return read_entries(self._connection, READ_RANGE, (self._after, sizes[taken - 1][0])), more
+        if sizes:
+            seq, size = sizes[0]
+            return [_too_large(self._connection, seq, size, self._max_event_bytes)], len(sizes) > 1 or more
+        return [], False
 
     def _data_version(self) -> int:
         return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
@@ -417,11 +554,13 @@ class SqliteStore:
         *,
         from_beginning: bool = False,
         fold_events: int = FOLD_EVENTS,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         """``from_beginning``: a first start takes every event already stored, not
         only those that come after (what ``fc-dev`` wants of a development database).
         ``fold_events``: while the feed is behind, the projections are written once
-        this many events wait to be counted, rather than with every batch."""
+        this many events wait to be counted, rather than with every batch.
+        ``max_event_bytes``: larger events are dead-lettered without being read."""
         self.path = Path(path)
         self._from_beginning = from_beginning
         self._connection = connect(path)
@@ -432,8 +571,10 @@ class SqliteStore:
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
         self._feed: SqliteFeed | None = None
         self._fold_events = fold_events
-        # Committed, not yet counted in the projections: see _count_when_due.
-        self._uncounted_events: list[Event] = []
+        self._max_event_bytes = max_event_bytes
+        # Committed, not yet counted in the projections: see _count_when_due. The
+        # events' keys only: their payloads would make memory follow their size.
+        self._uncounted_events: list[EventKey] = []
         self._uncounted_jobs: list[DispatchJob] = []
         self._uncounted_through: int | None = None  # the last event of the last batch they come from
 
@@ -454,7 +595,9 @@ class SqliteStore:
         self._feed_start = int(resume_after)
         self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
         self._count_uncounted(int(resume_after))
-        self._feed = SqliteFeed(self._connection, self._feed_start, self.wakeup, self._count_while_idle)
+        self._feed = SqliteFeed(
+            self._connection, self._feed_start, self.wakeup, self._count_while_idle, self._max_event_bytes
+        )
         return self._feed
 
     def _save_token(self, token: ResumeToken) -> None:
@@ -525,7 +668,8 @@ class SqliteStore:
             with transaction(self._connection):
                 new_jobs = self._insert_jobs(batch.jobs)
                 self._insert_dead_letters(batch.dead_letters)
-                events.extend(batch.events)
+                self._insert_filter_failures(batch.filter_failures)
+                events.extend(map(event_key, batch.events))
                 jobs.extend(new_jobs)
                 if token is not None:  # a batch without one comes again, and is counted with one
                     self._mark("committed_seq = ?2", int(token))
@@ -578,9 +722,11 @@ class SqliteStore:
         try:
             if marks is not None:  # else a first start, or a store from before the marks
                 committed, counted, jobs_seq = marks
-                for entry in read_entries(connection, READ_UNCOUNTED, (counted, committed)):
-                    with suppress(InvalidEvent):  # it was dead-lettered then, and is not counted
-                        self._uncounted_events.append(entry.event())
+                while entries := read_entries(connection, READ_UNCOUNTED, (counted, committed)):
+                    counted = entries[-1].order
+                    for entry in entries:
+                        with suppress(InvalidEvent):  # it was dead-lettered then, and is not counted
+                            self._uncounted_events.append(event_key(entry.event()))
                 self._uncounted_jobs.extend(map(_job, _select(connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
             with transaction(connection):
                 connection.execute(
@@ -637,8 +783,8 @@ class SqliteStore:
 
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         self._connection.executemany(
-            "INSERT OR IGNORE INTO dead_letters (position, event_id, reason, raw, received_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO dead_letters (position, event_id, reason, raw, received_at, raw_bytes, "
+            "raw_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     letter.position,
@@ -646,8 +792,20 @@ class SqliteStore:
                     letter.reason,
                     letter.raw,
                     timestamp(letter.received_at),
+                    letter.raw_bytes,
+                    letter.raw_sha256,
                 )
                 for letter in letters
+            ],
+        )
+
+    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO filter_failures (event_id, subscription_id, client_id, reason, failed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (f.event_id, f.subscription_id, f.client_id, f.reason, timestamp(f.failed_at))
+                for f in failures
             ],
         )
 
@@ -678,9 +836,13 @@ class SqliteStore:
         self._connection.close()
 
 
+# Without the payloads, which the projections do not count (and events whose
+# payload was invalid were dead-lettered): read in pages, memory stays small.
 READ_UNCOUNTED = (
-    f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? "
-    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) ORDER BY seq"
+    f"SELECT {', '.join('NULL' if c in JSON_COLUMNS else c for c in FEED_COLUMNS)} "
+    "FROM events WHERE seq > ? AND seq <= ? "
+    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) "
+    "ORDER BY seq LIMIT 500"
 )
 READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
 LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"

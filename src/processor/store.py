@@ -10,12 +10,12 @@ and never to move on before ``commit`` returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from processor.models import DeadLetter, DispatchJob, Event, InvalidEvent, parse_event
+from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, parse_event
 
 ResumeToken = str
 """A position in a store's feed, as text a person can read (``redis-cli GET``)."""
@@ -27,6 +27,10 @@ class StoreUnavailable(Exception):
 
 class Fenced(Exception):
     """A newer leader has saved progress: this instance was deposed and must stop."""
+
+
+BATCH_BYTES = 8 * 1024 * 1024  # FC_STREAM_BATCH_BYTES
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # FC_STREAM_MAX_EVENT_BYTES: MongoDB's limit on a document
 
 
 class StoreMisconfigured(Exception):
@@ -42,7 +46,9 @@ class FeedEntry(NamedTuple):
     position: str
     event_id: str | None  # when the store could tell, even of an undecodable record
     document: dict[str, Any] | None  # None when the record could not be decoded
-    raw: Callable[[], str]  # the record as stored, as text; only a dead letter needs it
+    # The record as stored, as text in pieces (an event too large to be read is
+    # never held whole); only a dead letter needs it.
+    raw: Callable[[], Iterable[str]]
     received_at: datetime
     problem: str | None = None  # why ``document`` is None
 
@@ -57,6 +63,7 @@ class FeedEntry(NamedTuple):
 class Batch:
     entries: list[FeedEntry]
     resume_token: ResumeToken | None  # resume after this batch; may move on an empty one
+    more: bool = False  # events wait beyond it: the batch was cut by its limits, not by the feed's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,7 @@ class ProcessedBatch:
     jobs: list[DispatchJob]
     dead_letters: list[DeadLetter]
     resume_token: ResumeToken | None
+    filter_failures: list[FilterFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +97,12 @@ class CommitReport:
 
 
 class ChangeFeed(Protocol):
-    def next_batch(self, max_events: int, max_wait: float) -> Batch:
-        """At most ``max_events`` entries after the previous batch; waits up to
-        ``max_wait`` seconds for the first one, then returns what it has."""
+    def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
+        """At most ``max_events`` entries after the previous batch, of at most
+        ``max_bytes`` together (but always one, however large); waits up to
+        ``max_wait`` seconds for the first one, then returns what it has. An
+        event over the store's ``max_event_bytes`` is handed out undecoded,
+        never read whole, alone in its batch."""
 
     def close(self) -> None: ...
 
@@ -109,7 +120,8 @@ class Store(Protocol):
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         """Make the batch durable: jobs (a job that exists already is not an
-        error), dead letters, and last the resume token; and count the batch in
+        error), dead letters, filter failures (one per pair, whatever replays),
+        and last the resume token; and count the batch in
         the projections, now or with later batches, but once, whatever crashes.
         Raises ``Fenced`` when a leader with a larger epoch saved a token."""
 

@@ -281,7 +281,7 @@ def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
     assert counted(publisher) == (20, 20, 40), "20 events waited: counted"
     match = processor.matcher.match
 
-    def failing_match(event: Event) -> list[Subscription]:
+    def failing_match(event: Event) -> tuple[list[Subscription], list[tuple[Subscription, Exception]]]:
         if event.id == unmatchable:
             raise RuntimeError("a bug")
         return match(event)
@@ -451,10 +451,10 @@ def test_an_idle_feed_waits_without_spinning(store: SqliteStore, publisher: Publ
     reads = 0
     real_read = feed._read
 
-    def counting_read(max_events: int) -> list[FeedEntry]:
+    def counting_read(max_events: int, max_bytes: int) -> tuple[list[FeedEntry], bool]:
         nonlocal reads
         reads += 1
-        return real_read(max_events)
+        return real_read(max_events, max_bytes)
 
     feed._read = counting_read  # type: ignore[method-assign]
     batch = feed.next_batch(10, 0.5)

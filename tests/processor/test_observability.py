@@ -18,6 +18,7 @@ from processor.loop import Processor
 from processor.ops import OpsServer, ops_app
 from processor.sqlite_store import SqliteStore
 from processor.store import (
+    BATCH_BYTES,
     Batch,
     CommitReport,
     ProcessedBatch,
@@ -104,9 +105,9 @@ class VanishingFeed:
     def __init__(self, store: VanishingStore, feed: object) -> None:
         self._store, self._feed = store, feed
 
-    def next_batch(self, max_events: int, max_wait: float) -> Batch:
+    def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
         self._store._check()
-        return self._feed.next_batch(max_events, max_wait)  # type: ignore[attr-defined, no-any-return]
+        return self._feed.next_batch(max_events, max_wait, max_bytes)  # type: ignore[attr-defined, no-any-return]
 
     def close(self) -> None:
         self._feed.close()  # type: ignore[attr-defined]
