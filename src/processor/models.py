@@ -57,9 +57,15 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _time_input(value: object) -> object:
-    """A time is a date or its text; pydantic would also read bytes and numbers
-    (as Unix time), which no store or client means as a time."""
-    if isinstance(value, datetime | str):
+    """A time is a date or its text; pydantic would also read bytes and numbers,
+    even as text (as Unix time), which no store or client means as a time."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("must be a time (RFC 3339 text), not a number")
+    if isinstance(value, datetime):
         return value
     raise ValueError(f"must be a time (RFC 3339 text), not {type(value).__name__}")
 
@@ -71,9 +77,7 @@ def _finite(value: Any) -> Any:
     while pending:
         item = pending.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(
-                f"holds {item!r}, which is not a JSON number (nor is one too large for a double)"
-            )
+            raise ValueError(f"holds {item!r}: NaN, Infinity and numbers too large for a double are not JSON")
         if isinstance(item, list):
             pending += item
         elif isinstance(item, dict):

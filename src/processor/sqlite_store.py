@@ -519,22 +519,28 @@ class SqliteFeed:
         return Batch(entries, str(self._after), more)
 
     def _read(self, max_events: int, max_bytes: int) -> tuple[list[FeedEntry], bool]:
-        """The next events that fit, and whether more wait."""
+        """The next events that fit, and whether more wait. The sizes are read
+        row by row, and no further than the budget: a size costs SQLite a read
+        of the event's text."""
+        cursor = self._connection.cursor()
+        cursor.row_factory = None
+        taken, total, last, more = 0, 0, self._after, False
         try:
-            sizes = _select(self._connection, READ_SIZES, (self._after, max_events))
+            for seq, size in cursor.execute(READ_SIZES, (self._after, max_events)):
+                if size > self._max_event_bytes or (taken and total + size > max_bytes):
+                    more = True
+                    break
+                taken, total, last = taken + 1, total + size, seq
+            else:
+                more = taken == max_events
+            if taken:
+                return read_entries(self._connection, READ_RANGE, (self._after, last)), more
+            if more:  # the next event alone is over the cap
+                return [_too_large(self._connection, seq, size, self._max_event_bytes)], True
         except sqlite3.OperationalError as error:
             raise StoreUnavailable(f"sqlite: {error}") from error
-        taken = total = 0
-        for _, size in sizes:
-            if size > self._max_event_bytes or (taken and total + size > max_bytes):
-                break
-            taken, total = taken + 1, total + size
-        more = taken < len(sizes) or len(sizes) == max_events
-        if taken:
-            return read_entries(self._connection, READ_RANGE, (self._after, sizes[taken - 1][0])), more
-        if sizes:
-            seq, size = sizes[0]
-            return [_too_large(self._connection, seq, size, self._max_event_bytes)], len(sizes) > 1 or more
+        finally:
+            cursor.close()
         return [], False
 
     def _data_version(self) -> int:

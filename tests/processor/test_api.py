@@ -8,6 +8,7 @@ The child must stop cleanly on SIGTERM after every test.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -31,6 +32,7 @@ SHOP = "shop"
 TARGET = "https://hooks.example.com/in"
 PAYMENT = "payments:card:charge:captured"
 SHIPPED = "orders:fulfillment:shipment:shipped"
+JSON_BODY = {"content-type": "application/json"}
 
 
 @dataclass
@@ -259,14 +261,72 @@ def test_an_invalid_subscription_is_refused_naming_the_field(fc_dev: FcDev) -> N
         ({"filters": {"payload": [{"path": "$.a", "op": "exists", "value": 1}]}}, f"{payload}.condition"),
         ({"filters": {"payload": [{"path": "$.a", "op": "eq"}]}}, f"{payload}.condition"),
         ({"filters": {"source": "checkout"}}, "filters.source"),
+        # Nothing that could hold the processor: backtracking regexes, super-linear paths.
+        ({"filters": {"payload": ["$[?match(@, 'a(?=b)')]"]}}, f"{payload}.query"),
+        ({"filters": {"payload": ["$..[?@..x]"]}}, f"{payload}.query"),
+        (
+            {"filters": {"payload": [{"path": "$..a..b", "op": "eq", "value": 1}]}},
+            f"{payload}.condition.path",
+        ),
+        (
+            {"filters": {"payload": [{"path": "$.a", "op": "eq", "value": float("nan")}]}},
+            f"{payload}.condition.value",
+        ),
+        ({"filters": {"metadata": {"tier": float("inf")}}}, "filters.metadata"),
     ]
     for change, field in cases:
-        response = fc_dev.http.post("/api/subscriptions", json={**valid, **change})
+        body = json.dumps({**valid, **change})  # NaN and Infinity too, as Python's json writes them
+        response = fc_dev.http.post("/api/subscriptions", content=body, headers=JSON_BODY)
         assert_refused(response, 422, field)
     missing = {key: value for key, value in valid.items() if key != "pool_code"}
     assert_refused(fc_dev.http.post("/api/subscriptions", json=missing), 422, "pool_code")
     assert_refused(fc_dev.http.post("/api/subscriptions", content=b"{"), 422, "body")
     assert fc_dev.http.get("/api/subscriptions").json() == {"items": []}
+
+
+def test_numbers_that_json_cannot_hold_are_refused_and_nothing_is_stored(fc_dev: FcDev) -> None:
+    cases = {
+        b'{"type": "orders:a:b:c", "client_id": "shop", "data": {"x": NaN}}': "data",
+        b'{"type": "orders:a:b:c", "client_id": "shop", "data": [1, -Infinity]}': "data",
+        b'{"type": "orders:a:b:c", "client_id": "shop", "data": 1e400}': "data",
+        b'{"type": "orders:a:b:c", "client_id": "shop", "metadata": {"m": Infinity}}': "metadata",
+        b'[{"type": "orders:a:b:c", "client_id": "shop", "data": {"x": NaN}}]': "[0].data",
+    }
+    for body, field in cases.items():
+        assert_refused(fc_dev.http.post("/api/events", content=body, headers=JSON_BODY), 422, field)
+    assert fc_dev.stored_event_ids() == []
+
+
+def test_a_filter_that_fails_is_listed_and_the_events_other_subscriptions_get_their_jobs(
+    fc_dev: FcDev,
+) -> None:
+    deep_filter = fc_dev.subscribe("orders:*:*:*", filters={"payload": ["$..x"]})
+    everything = fc_dev.subscribe("*:*:*:*")
+    deep: dict[str, Any] = {"x": 1}
+    for _ in range(150):
+        deep = {"a": deep}
+    fc_dev.publish(event("deep", SHIPPED, data=deep), event("flat", SHIPPED, data={"x": 1}))
+    fc_dev.wait_processed(2)
+    assert fc_dev.pairs() == {("deep", everything), ("flat", everything), ("flat", deep_filter)}
+    (failure,) = fc_dev.http.get("/api/filter-failures").json()["items"]
+    assert (failure["event_id"], failure["subscription_id"]) == ("deep", deep_filter)
+    assert "recursion" in failure["reason"] and failure["client_id"] == SHOP
+    assert fc_dev.http.get("/api/filter-failures", params={"event_id": "flat"}).json()["items"] == []
+    assert fc_dev.http.get("/api/dead-letters").json()["items"] == []
+
+
+def test_pages_stop_by_bytes_as_well_as_by_rows(fc_dev: FcDev) -> None:
+    with closing(sqlite3.connect(fc_dev.db)) as connection, connection:
+        # Dead letters as large as an older store kept them: the raw document whole.
+        connection.executemany(
+            "INSERT INTO dead_letters (position, reason, raw, received_at) VALUES (?, 'old', ?, 'now')",
+            [(f"p{n}", "r" * 1_500_000) for n in range(12)],
+        )
+    pages = fc_dev.pages("/api/dead-letters", 1000)
+    assert len(pages) > 3 and all(len(page) <= 3 for page in pages)
+    assert sorted(letter["position"] for page in pages for letter in page) == sorted(
+        f"p{n}" for n in range(12)
+    )
 
 
 def test_pages_list_every_job_once_and_filters_narrow_them(fc_dev: FcDev) -> None:

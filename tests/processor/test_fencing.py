@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from processor.leader import LeaderLock, epoch_key
+from processor.leader import LeaderLock, Renewer, epoch_key
 from processor.models import PENDING, DispatchJob
 from processor.resume import RedisTokenStore
 from processor.sqlite_store import SqliteStore
 from processor.store import Fenced, ProcessedBatch
-from tests.processor.harness import Clock, Publisher
+from tests.processor.harness import Clock, Publisher, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -110,3 +110,17 @@ def test_a_deposed_leader_cannot_write_to_the_embedded_store(tmp_path: Path) -> 
     assert publisher.token() == "0"
     new.commit(ProcessedBatch([], [job], [], "5"))
     assert publisher.job_count() == 1 and publisher.token() == "5"
+
+
+def test_a_leader_whose_processing_stalled_lets_its_lock_lapse(client: redis.Redis, key: str) -> None:
+    lock = LeaderLock(client, key, "a", ttl=1.0, renew_interval=0.2)
+    assert lock.try_acquire()
+    stall: list[str] = []
+    with Renewer(lock, lambda: stall[0] if stall else None):
+        renewed = client.pttl(key)
+        wait_until(lambda: client.pttl(key) > renewed, message="a renewal while processing moves on")
+        stall.append("stalled for 61s processing, at event 7")
+        wait_until(lambda: client.get(key) is None, message="the lock to expire, unrenewed")
+    assert not lock.held()
+    standby = LeaderLock(client, key, "b", ttl=1.0, renew_interval=0.2)
+    assert standby.try_acquire(), "a standby takes over"

@@ -3,6 +3,7 @@ subscriptions, dead letters, retries and replays."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -12,9 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from processor.config import Thresholds
+from processor.health import Health
 from processor.jobs import job_id
 from processor.loop import Processor, Settings
-from processor.models import PENDING, DispatchJob, Event, Subscription, parse_event
+from processor.models import (
+    MAX_DEAD_LETTER_RAW,
+    PENDING,
+    DeadLetter,
+    DispatchJob,
+    Event,
+    Subscription,
+    parse_event,
+)
 from processor.sqlite_store import SqliteStore, _job, _job_row, connect, timestamp
 from processor.store import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
 from tests.processor.harness import Publisher, Running, wait_until
@@ -145,6 +156,18 @@ def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
             publisher.publish(SHIPPED, metadata="[1, 2]"): "metadata",
             publisher.publish(SHIPPED, time="yesterday-ish"): "time",
             publisher.publish(SHIPPED, client_id=b"\xff"): "client_id",
+            # Edges: each is dead-lettered naming its field, not misfiled or let through.
+            publisher.publish(SHIPPED, time="9999-12-31T23:59:59-01:00"): "time: is outside the range of UTC",
+            publisher.publish(
+                SHIPPED, time=b"2025-03-01T12:00:00Z"
+            ): "time: must be a time (RFC 3339 text), not bytes",
+            # An INTEGER in a TEXT column is stored as text: refused as a number, not read as Unix time.
+            publisher.publish(
+                SHIPPED, time=1_740_830_400
+            ): "time: must be a time (RFC 3339 text), not a number",
+            publisher.publish(
+                SHIPPED, data="[" + "7" * 5000 + "]"
+            ): "data: valid JSON, but it holds an integer of more",
         }
         after = publisher.publish(SHIPPED)
         wait_until(publisher.caught_up)
@@ -156,6 +179,7 @@ def test_invalid_events_are_dead_lettered_and_never_stop_the_batch(
     raw = dict(publisher.sql.execute("SELECT event_id, raw FROM dead_letters").fetchall())
     assert json.loads(raw[not_json])["data"] == "{not json", "the raw document is kept whole"
     assert json.loads(raw[not_utf8])["client_id"] == repr(b"a\xff"), "and keeps the bytes"
+    assert not any("matching failed" in reason for reason in letters.values())
 
 
 class FlakyStore(SqliteStore):
@@ -473,3 +497,94 @@ def test_stored_times_have_one_width_and_sort_as_text() -> None:
     assert texts[2] == "2025-03-01T10:00:00.000000Z"
     assert {len(text) for text in texts} == {len("2025-03-01T10:00:00.000000Z")}
     assert sorted(texts) == [timestamp(moment) for moment in sorted(moments)]
+
+
+def test_lag_returns_to_zero_once_caught_up_even_when_the_last_batch_was_full(
+    db: Path, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    for _ in range(20):  # exactly two full batches
+        publisher.publish(SHIPPED)
+    store = SqliteStore(db, from_beginning=True)
+    health = Health(Thresholds(max_lag=5))
+    # An hour from now: each full batch reports its newest event an hour behind.
+    processor = Processor(
+        store, Settings(batch_size=10, max_wait=0.05), health=health, clock=lambda: datetime.now(UTC) + HOUR
+    )
+    thread = threading.Thread(target=processor.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(publisher.caught_up, message="the backlog")
+        wait_until(lambda: health.report()["status"] == "UP", message="/health UP once caught up")
+        assert processor.metrics.lag._value.get() == 0.0
+        assert health.report()["lag_seconds"] == 0.0
+    finally:
+        processor.stop()
+        thread.join(timeout=10)
+        store.close()
+    assert processor.metrics.processing_duration._sum.get() > 0, "the two full batches were processed"
+
+
+HOUR = timedelta(hours=1)
+
+
+def test_a_failing_filter_is_counted_each_time_and_logged_once_a_minute(
+    db: Path, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher.subscribe("deep", "*:*:*:*", filters={"payload": ["$..x"]})
+    publisher.subscribe("all", "*:*:*:*")
+    deep: dict[str, object] = {"x": 1}
+    for _ in range(150):
+        deep = {"a": deep}
+    events = [publisher.publish(SHIPPED, data=deep) for _ in range(4)]
+    store = SqliteStore(db, from_beginning=True)
+    now = [datetime(2025, 3, 1, 12, 0, tzinfo=UTC)]
+    processor = Processor(store, Settings(batch_size=1, max_wait=0.0), clock=lambda: now[0])
+    feed = store.open_feed(store.resume_token())
+    with caplog.at_level(logging.ERROR, logger="processor.loop"):
+        start = now[0]
+        for seconds in (0, 30, 59, 61):  # one event per batch, at these times
+            now[0] = start + timedelta(seconds=seconds)
+            processor.process(feed.next_batch(1, 0.0))
+    store.close()
+    logged = [r.getMessage() for r in caplog.records if "the filter of subscription 'deep'" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert "2 more failures of it since the last one logged" in logged[1]
+    kind = processor.metrics.filter_failures.labels("JSONPathRecursionError")._value.get()
+    assert kind == 4
+    failures = publisher.sql.execute("SELECT event_id, subscription_id FROM filter_failures ORDER BY seq")
+    assert [tuple(row) for row in failures] == [(event, "deep") for event in events]
+    assert publisher.jobs() == {(event, "all") for event in events}
+
+
+def test_a_store_file_from_before_the_dead_letters_size_columns_gains_them_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, position TEXT NOT NULL UNIQUE, event_id TEXT, "
+        "reason TEXT NOT NULL, raw TEXT NOT NULL, received_at TEXT NOT NULL, created_at TEXT NOT NULL "
+        "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+    )
+    old.execute(
+        "INSERT INTO dead_letters (position, reason, raw, received_at) VALUES ('1', 'old', '{}', 'x')"
+    )
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    letter = DeadLetter.of("2", "e2", "new", ["{}"], datetime.now(UTC))
+    store.commit(ProcessedBatch([], [], [letter], None))
+    store.close()
+    rows = connect(path).execute("SELECT position, raw_bytes, raw_sha256 FROM dead_letters ORDER BY seq")
+    assert [tuple(row) for row in rows] == [("1", None, None), ("2", 2, hashlib.sha256(b"{}").hexdigest())]
+
+
+def test_a_dead_letter_keeps_the_first_bytes_of_its_raw_document_and_describes_all_of_it() -> None:
+    pieces = ["é" * 40_000, "x" * 10, "ü" * 30_000]  # two bytes a character, cut inside one
+    whole = "".join(pieces).encode()
+    letter = DeadLetter.of("7", None, "why", iter(pieces), datetime.now(UTC))
+    kept = letter.raw.encode()
+    assert len(kept) <= MAX_DEAD_LETTER_RAW and len(kept) >= MAX_DEAD_LETTER_RAW - 1
+    assert whole.startswith(kept), "cut at a character, never inside one"
+    assert (letter.raw_bytes, letter.raw_sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
+    short = DeadLetter.of("8", None, "why", ["{}"], datetime.now(UTC))
+    assert short.raw == "{}"

@@ -4,6 +4,7 @@ a batch at a time where the exact interleaving does."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,14 +12,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from bson import Decimal128, ObjectId
+from bson import Decimal128, ObjectId, json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS as CANONICAL
 from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 
 from processor.indexes import ensure_indexes
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.models import Subscription, parse_event
+from processor.models import MAX_DEAD_LETTER_RAW, Subscription, parse_event
 from processor.mongo_store import CATCH_UP_MARGIN, Checkpoint, MongoFeed, MongoStore, job_document
 from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
 from tests.processor.fake_mongo import Document, FakeMongo, Running, Tokens, sample
@@ -620,3 +622,50 @@ def test_an_invalid_event_is_dead_lettered_once(
     replay.close()
     assert fake.db["dead_letters"].count_documents({}) == 1
     assert jobs(fake) == {(valid, "all")}
+
+
+def test_a_filter_that_fails_fails_its_pair_alone_and_is_recorded_once(
+    fake: FakeMongo, mongo: MongoStore, tokens: Tokens, metrics: Metrics, stepper: Stepper
+) -> None:
+    subscribe(fake, "deep", filters={"payload": ["$..x"]})
+    subscribe(fake, "all")
+    start = tokens.value
+    data: dict[str, Any] = {"x": 1}
+    for _ in range(150):  # deeper than the JSONPath descent goes
+        data = {"a": data}
+    deep = publish(fake, data=data)
+    stepper.step()
+    assert jobs(fake) == {(deep, "all")}
+    assert fake.db["dead_letters"].count_documents({}) == 0
+    (failure,) = fake.db["filter_failures"].find()
+    assert (failure["event_id"], failure["subscription_id"], failure["client_id"]) == (deep, "deep", "acme")
+    assert failure["_id"] == job_id(deep, "deep") and "recursion" in failure["reason"]
+    replay = Stepper(mongo, Metrics(), start)
+    replay.step()
+    replay.close()
+    assert fake.db["filter_failures"].count_documents({}) == 1, "a replay records the pair once"
+
+
+def test_batches_are_bounded_by_bytes_and_an_event_over_the_cap_is_dead_lettered_small(
+    fake: FakeMongo, tokens: Tokens, metrics: Metrics
+) -> None:
+    store = MongoStore(fake.db, tokens, metrics, max_event_bytes=100_000)
+    stepper = Stepper(store, metrics)
+    stepper.step()
+    subscribe(fake, "all")
+    small = [publish(fake, data={"text": "s" * 2_000}) for _ in range(3)]
+    large = publish(fake, data={"text": "l" * 200_000})
+    after = publish(fake)
+    first = stepper.processor.retry("read", stepper.feed.next_batch, 50, FAST.max_wait, 3_000)
+    assert [entry.event_id for entry in first.entries] == small[:2] and first.more, "cut by bytes"
+    stepper.processor.process(first)
+    for _ in range(3):
+        stepper.step()
+    assert jobs(fake) == {(event, "all") for event in [*small, after]}
+    (letter,) = fake.db["dead_letters"].find()
+    assert letter["event_id"] == large and "over the limit of 100000" in letter["reason"]
+    raw = json_util.dumps(fake.db["events"].find_one({"_id": ObjectId(large)}), json_options=CANONICAL)
+    assert len(letter["raw"]) == MAX_DEAD_LETTER_RAW and raw.startswith(letter["raw"])
+    assert (letter["raw_bytes"], letter["raw_sha256"]) == (len(raw), hashlib.sha256(raw.encode()).hexdigest())
+    stepper.close()
+    store.close()

@@ -184,3 +184,25 @@ def test_health_judges_lag_error_rate_and_role_by_its_thresholds() -> None:
     standby = health.report()
     assert standby["status"] == "UP" and standby["role"] == "standby"
     assert "hunter2" not in str(standby), "no credentials in the health document"
+
+
+def test_a_step_of_processing_that_lasts_past_the_threshold_is_a_stall_that_names_where() -> None:
+    clock = Clock()
+    health = Health(Thresholds(stall=10), clock)
+    health.connected()
+    health.step("processing")
+    health.at("42")
+    clock.now += 10
+    assert health.stall() is None and health.report()["status"] == "UP"
+    clock.now += 1
+    assert health.stall() == "stalled for 11s processing, at event 42"
+    report = health.report()
+    assert report["status"] == "DOWN" and report["stalled"] in report["reasons"]
+    health.rest()  # waiting to retry a failing store: that has a reason of its own
+    clock.now += 100
+    assert health.stall() is None
+    health.resume()
+    clock.now += 11
+    assert health.stall() == "stalled for 11s processing, at event 42", "the attempt that follows can stall"
+    health.step("reading the feed after 42")
+    assert health.stall() is None and health.report()["status"] == "UP"
