@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,15 +57,16 @@ def _utc(moment: datetime) -> datetime:
         raise ValueError("is outside the range of UTC times (years 1 to 9999)") from None
 
 
+_NUMBER = re.compile(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*\Z")
+
+
 def _time_input(value: object) -> object:
     """A time is a date or its text; pydantic would also read bytes and numbers,
     even as text (as Unix time), which no store or client means as a time."""
     if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return value
-        raise ValueError("must be a time (RFC 3339 text), not a number")
+        if _NUMBER.match(value):
+            raise ValueError("must be a time (RFC 3339 text), not a number")
+        return value
     if isinstance(value, datetime):
         return value
     raise ValueError(f"must be a time (RFC 3339 text), not {type(value).__name__}")

@@ -78,7 +78,8 @@ def test_regex_functions_are_false_for_what_is_not_a_string_or_a_pattern() -> No
     assert not matches(7, "7") and not matches("7", 7)
     assert not searches("a", "(") and not searches("a", "a(?=b)"), "an invalid pattern from the data"
     assert not searches("\ud800a", "a"), "a lone surrogate has no UTF-8 for RE2"
-    assert selects("$[?match(@.text, @.pattern)]", [{"text": "ab", "pattern": "a."}]), "a pattern from the data"
+    data = [{"text": "ab", "pattern": "a."}]
+    assert selects("$[?match(@.text, @.pattern)]", data), "a pattern from the data"
     assert not searches("a" * 2000, "a" * 1025), "a pattern too long to be a filter's is not compiled"
 
 
