@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processor.config import Thresholds, redact
+from processor.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -155,30 +156,20 @@ class Health:
             }
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Logs a stall of the processing thread when it begins and when it ends:
     the thread that is stuck cannot say so itself."""
 
     def __init__(self, health: Health, interval: float = 1.0) -> None:
+        super().__init__(interval, "watchdog")
         self._health = health
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._stalled = False
 
-    def __enter__(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        stalled = False
-        while not self._stop.wait(self._interval):
-            stall = self._health.stall()
-            if stall is not None and not stalled:
-                log.error("processing %s; /live and /health answer 503 until it moves on", stall)
-            elif stall is None and stalled:
-                log.warning("processing moves again")
-            stalled = stall is not None
+    def tick(self) -> bool:
+        stall = self._health.stall()
+        if stall is not None and not self._stalled:
+            log.error("processing %s; /live and /health answer 503 until it moves on", stall)
+        elif stall is None and self._stalled:
+            log.warning("processing moves again")
+        self._stalled = stall is not None
+        return True

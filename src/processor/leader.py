@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 
 import redis
 
 from processor.loop import Processor
+from processor.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -134,33 +134,22 @@ class LeaderLock:
         return int(self.ttl * 1000)
 
 
-class Renewer:
+class Renewer(Periodic):
     """Renews the lock in the background while the leader works, and only while
     it works: a leader whose processing has stalled lets the lock lapse, so that
     a standby takes over instead of waiting on it for ever."""
 
     def __init__(self, lock: LeaderLock, stall: Callable[[], str | None] = lambda: None) -> None:
+        super().__init__(lock.renew_interval, "leader-renewer")
         self._lock = lock
         self._stall = stall
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="leader-renewer", daemon=True)
 
-    def __enter__(self) -> Renewer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._lock.renew_interval):
-            stall = self._stall()
-            if stall is not None:
-                log.error("processing %s: no longer renewing the leader lock, a standby takes over", stall)
-                return
-            if not self._lock.renew() and not self._lock.held():
-                return
+    def tick(self) -> bool:
+        stall = self._stall()
+        if stall is not None:
+            log.error("processing %s: no longer renewing the leader lock, a standby takes over", stall)
+            return False
+        return self._lock.renew() or self._lock.held()
 
 
 def lead(lock: LeaderLock, processor: Processor) -> None:
