@@ -46,7 +46,7 @@ DEAD_LETTER_COLUMNS = (
     "created_at",
 )
 FILTER_FAILURE_COLUMNS = ("event_id", "subscription_id", "client_id", "reason", "failed_at")
-PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text, whatever its limit
+PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text (UTF-8), whatever its limit
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
 INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -201,8 +201,9 @@ class Catalog:
     ) -> Page:
         """Rows in ``seq`` order after the cursor, those filters that are given all
         holding: at most ``limit``, and no more once they hold ``PAGE_BYTES`` of
-        text (but always one), so that a response's size does not follow the
-        rows' sizes. Read row by row: the rows past the page are never read."""
+        text (the row that passes it ends the page), so that a response's size
+        does not follow the limit. Read row by row: of the rows past the page,
+        SQLite reads one ahead at most."""
         given = {column: value for column, value in filters.items() if value is not None}
         conditions = " ".join(f"AND {column} = ?" for column in given)
         items: list[dict[str, Any]] = []
@@ -218,7 +219,7 @@ class Catalog:
                     more = True
                     break
                 items.append({column: row[column] for column in columns})
-                size += sum(len(value) for value in items[-1].values() if isinstance(value, str))
+                size += sum(len(value.encode()) for value in items[-1].values() if isinstance(value, str))
                 last = row["seq"]
         return Page(items=items, next=last if more else None)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -25,6 +24,7 @@ from processor.metrics import Metrics
 from processor.mongo_store import MongoStore
 from processor.ops import OpsServer, ops_app
 from processor.resume import MemoryTokenStore, RedisTokenStore, TokenStore
+from processor.shutdown import abandon
 from processor.sqlite_store import SqliteStore
 from processor.store import Store, StoreMisconfigured
 
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         try:
             outcome[0] = process(processor, lock, prepare)
+        except BaseException:  # a bug: say so, and exit non-zero so that it is restarted and seen
+            log.exception("processing stopped on an unexpected error")
+            outcome[0] = 1
         finally:
             wake.set()
 
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             wake.clear()
         worker.join(config.shutdown_grace_seconds)
         if worker.is_alive():
-            abandon(processor.health, lock, config.shutdown_grace_seconds)
+            abandon(processor.health, config.shutdown_grace_seconds, lock.release if lock else lambda: None)
     return outcome[0]
 
 
@@ -181,18 +184,3 @@ def process(processor: Processor, lock: LeaderLock | None, prepare: Callable[[],
     except Stopped:
         pass
     return 0
-
-
-def abandon(health: Health, lock: LeaderLock | None, grace: float) -> None:
-    """Exit now, without the batch in hand: nothing is lost, since its resume
-    token was not saved; the next start processes its events again."""
-    log.error(
-        "the current batch did not finish within %.0fs of the stop request (FC_SHUTDOWN_GRACE_SECONDS)%s; "
-        "exiting without it: its events are processed again at the next start",
-        grace,
-        f" ({stall})" if (stall := health.stall()) else "",
-    )
-    if lock is not None:
-        lock.release()  # a standby may lead at once; this instance's writes are fenced from now on
-    logging.shutdown()
-    os._exit(1)

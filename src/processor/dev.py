@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ from processor.health import Health, Watchdog
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import SubscriptionFields
+from processor.shutdown import abandon
 from processor.sqlite_store import SqliteStore
 
 log = logging.getLogger("fc-dev")
@@ -133,14 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         processor.stop()
         worker.join(SHUTDOWN_GRACE_SECONDS)
         if worker.is_alive():
-            log.error(
-                "the current batch did not finish within %.0fs (%s); exiting without it: "
-                "its events are processed again at the next start",
-                SHUTDOWN_GRACE_SECONDS,
-                health.stall(),
-            )
-            logging.shutdown()
-            os._exit(1)
+            abandon(health, SHUTDOWN_GRACE_SECONDS)
         catalog.close()
         store.close()
 

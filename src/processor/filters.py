@@ -2,9 +2,16 @@
 
 Paths are compiled once, when a subscription is validated, by jsonpath-rfc9535
 in an environment whose ``match()`` and ``search()`` run on RE2 (see
-``processor.iregexp``). A path is accepted only if evaluating it takes time
-linear in the size of the event (``cost_problem``), so that no subscription,
-however written, can hold the processor on one event.
+``processor.iregexp``). No subscription, however written, may hold the
+processor on one event, and two things see to it:
+
+- paths whose time could grow faster than the event are refused
+  (``cost_problem``), as are patterns that are not literals or whose program
+  is large;
+- every evaluation of a subscription's filter on an event has a budget of
+  ``MAX_STEPS`` steps (a node a path selects along the way, or a regular
+  expression's worst case on a text, counted before it runs); past it, the
+  evaluation raises ``FilterBudgetExceeded``, which fails that pair alone.
 
 Values are compared as JSON values, not as Python objects: ``1`` equals ``1.0``
 but ``true`` does not equal ``1``, and ordering across types is simply false.
@@ -12,11 +19,12 @@ but ``true`` does not equal ``1``, and ordering across types is simply false.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import jsonpath_rfc9535
-from jsonpath_rfc9535 import JSONPathEnvironment, JSONPathQuery
+from jsonpath_rfc9535 import JSONPathEnvironment, JSONPathNode, JSONPathQuery
 from jsonpath_rfc9535.filter_expressions import (
     ComparisonExpression,
     Expression,
@@ -29,27 +37,79 @@ from jsonpath_rfc9535.filter_expressions import (
     StringLiteral,
 )
 from jsonpath_rfc9535.function_extensions import ExpressionType, FilterFunction
-from jsonpath_rfc9535.segments import JSONPathRecursiveDescentSegment
+from jsonpath_rfc9535.segments import JSONPathRecursiveDescentSegment, JSONPathSegment
 from jsonpath_rfc9535.selectors import FilterSelector
 
-from processor.iregexp import InvalidIRegexp, compile_iregexp, matches, searches
+from processor.iregexp import InvalidIRegexp, Program, program
 
 MAX_EXPRESSION_LENGTH = 512
 MAX_FAN_OUT = 64  # the product of the selectors of every segment of a path
+MAX_STEPS = 1_000_000  # of one filter's evaluation on one event: about a second at worst
+MAX_PROGRAM = 2_000  # RE2 instructions of a pattern; a character costs up to that many
+REGEX_STEP = 1_000  # instructions of RE2's slowest path (its NFA) that count as one step
+
+
+class FilterBudgetExceeded(Exception):
+    """A filter's evaluation on an event did more than ``MAX_STEPS`` steps."""
+
+
+class _Budget(threading.local):
+    left = MAX_STEPS
+
+
+_BUDGET = _Budget()
+
+
+def _spend(steps: int) -> None:
+    _BUDGET.left -= steps
+    if _BUDGET.left < 0:
+        raise FilterBudgetExceeded(f"the filter did more than {MAX_STEPS} steps on this event")
+
+
+class _Metered:
+    """A segment of a compiled path whose every node counts against the budget."""
+
+    def __init__(self, segment: JSONPathSegment) -> None:
+        self._segment = segment
+
+    def resolve(self, nodes: Iterable[JSONPathNode]) -> Iterator[JSONPathNode]:
+        for node in self._segment.resolve(nodes):
+            _spend(1)
+            yield node
+
+    def __str__(self) -> str:
+        return str(self._segment)
+
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "exists"]
 OPERATORS: tuple[Operator, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "exists")
 
 
 class _RegexFunction(FilterFunction):
+    """``match()`` (``whole``) or ``search()``: false for anything but a string and
+    a valid pattern (RFC 9535 §2.4.6-7); its worst case is paid before it runs."""
+
     arg_types: ClassVar = [ExpressionType.VALUE, ExpressionType.VALUE]
     return_type: ClassVar = ExpressionType.LOGICAL
 
-    def __init__(self, test: Callable[[object, object], bool]) -> None:
-        self._test = test
+    def __init__(self, whole: bool) -> None:
+        self._whole = whole
 
     def __call__(self, text: object, pattern: object) -> bool:
-        return self._test(text, pattern)
+        if not isinstance(text, str) or not isinstance(pattern, str):
+            return False
+        compiled = _compiled(pattern, self._whole)
+        if compiled is None:
+            return False
+        _spend(1 + len(text) * compiled.size // REGEX_STEP)
+        return compiled.test(text)
+
+
+def _compiled(pattern: str, whole: bool) -> Program | None:
+    try:
+        return program(pattern, whole=whole)
+    except InvalidIRegexp:
+        return None
 
 
 class _Environment(JSONPathEnvironment):
@@ -57,8 +117,8 @@ class _Environment(JSONPathEnvironment):
 
     def setup_function_extensions(self) -> None:
         super().setup_function_extensions()
-        self.function_extensions["match"] = _RegexFunction(matches)
-        self.function_extensions["search"] = _RegexFunction(searches)
+        self.function_extensions["match"] = _RegexFunction(whole=True)
+        self.function_extensions["search"] = _RegexFunction(whole=False)
 
 
 ENVIRONMENT = _Environment()
@@ -77,19 +137,20 @@ def compile_path(expression: str) -> JSONPathQuery:
     problem = cost_problem(query) or pattern_problem(query)
     if problem is not None:
         raise ValueError(problem)
+    for inner in list(_queries(query)):  # each query inside its filters too
+        inner.segments = tuple(_Metered(segment) for segment in inner.segments)  # type: ignore[misc]
     return query
 
 
 def cost_problem(query: JSONPathQuery) -> str | None:
-    """Why evaluating ``query`` could take more than linear time in the size of
-    the data, or None.
+    """Why evaluating ``query`` could take time that grows faster than the
+    data, by its shape alone, or None.
 
-    Each node is visited a bounded number of times as long as the path
-    descends (``..``) at most once, filters refer to the current node (``@``)
-    only, and its selectors fan out by a bounded factor: a second descent
-    revisits every subtree below the first, a root query (``$``) inside a
-    filter runs once per candidate node, and ``[*,*]`` doubles the nodes at
-    every segment."""
+    A second descent (``..``) walks again every subtree below the first, a
+    root query (``$``) inside a filter runs once per candidate node, and
+    ``[*,*]`` doubles the nodes at every segment. What these rules let pass
+    can still be slow on some data (a filter query of many segments under a
+    descent, say): the budget of each evaluation bounds that."""
     descents, fan_out = 0, 1
     for inner in _queries(query):
         for segment in inner.segments:
@@ -106,15 +167,23 @@ def cost_problem(query: JSONPathQuery) -> str | None:
 
 
 def pattern_problem(query: JSONPathQuery) -> str | None:
-    """Why a literal pattern of ``match()`` or ``search()`` cannot be run, or None."""
+    """Why a pattern of ``match()`` or ``search()`` cannot be run, or None. Only
+    literal patterns: one taken from the event would be compiled, unchecked,
+    for every event."""
     for expression in _all_expressions(query):
         if isinstance(expression, FunctionExtension) and expression.name in ("match", "search"):
             pattern = expression.args[1]
-            if isinstance(pattern, StringLiteral):
-                try:
-                    compile_iregexp(pattern.value, whole=expression.name == "match")
-                except InvalidIRegexp as error:
-                    return f"{expression.name}(): {error}"
+            if not isinstance(pattern, StringLiteral):
+                return f"{expression.name}(): the pattern must be a string literal, not {pattern}"
+            try:
+                compiled = program(pattern.value, whole=expression.name == "match")
+            except InvalidIRegexp as error:
+                return f"{expression.name}(): {error}"
+            if compiled.size > MAX_PROGRAM:
+                return (
+                    f"{expression.name}(): {pattern.value!r} makes an RE2 program of {compiled.size} "
+                    f"instructions; at most {MAX_PROGRAM} (large Unicode classes repeated add up fast)"
+                )
     return None
 
 
@@ -183,8 +252,31 @@ def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[object, object], 
     return test
 
 
+class Members:
+    """The values of an ``in`` or ``nin`` condition, as JSON equality finds them:
+    scalars by hash (``1`` and ``1.0`` alike, booleans apart), arrays and objects
+    one by one. A list of 100,000 values costs one lookup, not 100,000 compares."""
+
+    def __init__(self, values: Sequence[object]) -> None:
+        self._scalars = {_scalar_key(v) for v in values if not isinstance(v, list | dict)}
+        self._containers = [v for v in values if isinstance(v, list | dict)]
+
+    def __contains__(self, node: object) -> bool:
+        if isinstance(node, list | dict):
+            return any(json_equal(node, v) for v in self._containers)
+        return _scalar_key(node) in self._scalars
+
+
+def _scalar_key(value: object) -> tuple[type, object]:
+    if isinstance(value, bool):
+        return bool, value
+    if _is_number(value):
+        return float, value  # equal numbers hash alike, whatever their type
+    return type(value), value
+
+
 def _member(node: object, values: object) -> bool:
-    return isinstance(values, list) and any(json_equal(node, v) for v in values)
+    return isinstance(values, Members) and node in values
 
 
 TESTS: dict[Operator, Callable[[object, object], bool]] = {
@@ -200,7 +292,25 @@ TESTS: dict[Operator, Callable[[object, object], bool]] = {
 }
 
 
+Check = tuple[JSONPathQuery, Operator, object]
+"""A compiled payload condition: its path, operator and (prepared) value."""
+
+
+def compile_check(path: str, op: Operator, value: object) -> Check:
+    return (
+        compile_path(path),
+        op,
+        Members(value) if op in ("in", "nin") and isinstance(value, list) else value,
+    )
+
+
 def holds(query: JSONPathQuery, op: Operator, value: object, data: object) -> bool:
     """True when at least one node ``query`` selects in ``data`` satisfies ``op``."""
     test = TESTS[op]
     return any(test(node.value, value) for node in query.finditer(data))  # type: ignore[arg-type]
+
+
+def all_hold(checks: Iterable[Check], data: object) -> bool:
+    """Every check holds on ``data``, within one budget of ``MAX_STEPS``."""
+    _BUDGET.left = MAX_STEPS
+    return all(holds(query, op, value, data) for query, op, value in checks)

@@ -52,6 +52,7 @@ class Health:
         # Written by the processing thread without the lock, once per event for
         # ``_where``: each is one attribute, read whole by the other threads.
         self._step_since: float | None = None
+        self._paused: float | None = None  # when the step that waits to retry began
         self._step = ""
         self._where: str | None = None
 
@@ -73,13 +74,18 @@ class Health:
         self._where = position
 
     def rest(self) -> None:
-        """The processing thread stopped working: stopped, standing by, or
-        waiting to retry a store that failed (which has reasons of its own)."""
-        self._step_since = None
+        """The processing thread stopped working: stopped, or standing by."""
+        self._step_since = self._paused = None
+
+    def pause(self) -> None:
+        """The processing thread waits to retry a store that failed (which has
+        reasons of its own): not a stall."""
+        self._paused, self._step_since = self._step_since, None
 
     def resume(self) -> None:
-        """The processing thread takes up its step again, after waiting."""
-        self._step_since = self._clock()
+        """The processing thread takes up the step it paused, if any."""
+        if self._paused is not None:
+            self._step_since, self._paused = self._clock(), None
 
     def stall(self) -> str | None:
         """What the processing thread is stuck at, once it has been in one step

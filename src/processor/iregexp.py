@@ -19,14 +19,13 @@ from iregexp_check import check
 
 _OPTIONS = re2.Options()
 _OPTIONS.never_capture = True  # only whether it matches is asked; no groups to keep
-_OPTIONS.max_mem = 8 << 20  # RE2's default, said here: memory per compiled pattern is bounded
-_OPTIONS.log_errors = False  # patterns may come from events: a bad one is an answer, not a log line
+# Memory of a program and its DFA: a cache of 512 holds at most 512 MiB. RE2 takes
+# its slower path (NFA) where the DFA would need more.
+_OPTIONS.max_mem = 1 << 20
+_OPTIONS.log_errors = False  # a refused pattern is an answer to its writer, not a log line
 # iregexp-check 0.1.4 refuses counts of more than one digit (a{10}), which RFC 9485
 # allows; the same pattern with one-digit counts has the same syntax.
 _COUNT = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
-# Longer patterns can only come from an event's data (a filter's own are at most
-# 512 characters): they are false, never compiled, and never kept in the cache.
-MAX_PATTERN = 1024
 
 
 class InvalidIRegexp(ValueError):
@@ -56,12 +55,34 @@ def to_re2(pattern: str, *, whole: bool) -> str:
     return rf"\A(?:{body})\z" if whole else body
 
 
-def compile_iregexp(pattern: str, *, whole: bool) -> Any:
-    """The RE2 program of ``pattern``; ``InvalidIRegexp`` says why there is none."""
-    if not check(pattern) and not check(_COUNT.sub(_one_digit, pattern)):
+class Program:
+    """A compiled pattern: ``test`` says whether it matches (all of a text for
+    ``match()``, some part of it for ``search()``); ``size`` is its number of
+    RE2 instructions, which bounds the work per character of RE2's slowest path."""
+
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self.size: int = compiled.programsize
+
+    def test(self, text: str) -> bool:
+        try:
+            return self._compiled.search(text) is not None
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): no UTF-8 for RE2
+            return False
+
+
+@lru_cache(maxsize=512)
+def program(pattern: str, *, whole: bool) -> Program:
+    """The program of ``pattern``, compiled once: patterns recur in every event.
+    ``InvalidIRegexp`` says why there is none."""
+    try:
+        valid = check(pattern) or check(_COUNT.sub(_one_digit, pattern))
+    except UnicodeEncodeError:  # a lone surrogate: not a pattern
+        valid = False
+    if not valid:
         raise InvalidIRegexp(f"{pattern!r} is not an I-Regexp (RFC 9485)")
     try:
-        return re2.compile(to_re2(pattern, whole=whole), _OPTIONS)
+        return Program(re2.compile(to_re2(pattern, whole=whole), _OPTIONS))
     except re2.error as error:
         reason = (
             error.args[0].decode(errors="replace")
@@ -75,36 +96,3 @@ def compile_iregexp(pattern: str, *, whole: bool) -> Any:
 
 def _one_digit(count: re.Match[str]) -> str:
     return "{1,1}" if count[1] and count[1] != "," else "{1,}" if count[1] else "{1}"
-
-
-@lru_cache(maxsize=1024)
-def _program(pattern: str, whole: bool) -> Any | None:
-    """Compiled once per pattern: literal patterns recur in every event. None
-    for a pattern that cannot be compiled (one taken from an event's data)."""
-    try:
-        return compile_iregexp(pattern, whole=whole)
-    except InvalidIRegexp:
-        return None
-
-
-def _test(text: object, pattern: object, whole: bool) -> bool:
-    # RFC 9535 §2.4.6/2.4.7: anything but a string and a valid pattern is simply false.
-    if not isinstance(text, str) or not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
-        return False
-    program = _program(pattern, whole)
-    if program is None:
-        return False
-    try:
-        return program.search(text) is not None
-    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): no UTF-8 for RE2
-        return False
-
-
-def matches(text: object, pattern: object) -> bool:
-    """``match()``: the whole of ``text`` matches ``pattern``."""
-    return _test(text, pattern, True)
-
-
-def searches(text: object, pattern: object) -> bool:
-    """``search()``: some part of ``text`` matches ``pattern``."""
-    return _test(text, pattern, False)

@@ -31,10 +31,12 @@ from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, Inva
 from processor.store import (
     BATCH_BYTES,
     Batch,
+    ChangeFeed,
     CommitReport,
     FeedEntry,
     Fenced,
     ProcessedBatch,
+    ResumeToken,
     Store,
     StoreMisconfigured,
     SubscriptionChange,
@@ -90,14 +92,25 @@ class Processor:
         self._lease = lease
         self.matcher = SubscriptionMatcher()  # the feed's start decides what subscriptions apply
         self._pending.clear()
+        health = self.health
+        health.step("opening the feed")
         try:
-            if epoch is not None:
-                self.retry("claim the resume token", self.store.fence, epoch)
-            token = self.retry("load resume token", self.store.resume_token)
-            feed = self.retry("open feed", self.store.open_feed, token)
-        except (Stopped, Fenced):
-            return
-        log.info("processing events after %s", token or "the current point")
+            try:
+                if epoch is not None:
+                    self.retry("claim the resume token", self.store.fence, epoch)
+                token = self.retry("load resume token", self.store.resume_token)
+                feed = self.retry("open feed", self.store.open_feed, token)
+            except (Stopped, Fenced):
+                return
+            log.info("processing events after %s", token or "the current point")
+            try:
+                self._consume(feed, token, lease)
+            finally:
+                feed.close()
+        finally:
+            health.rest()
+
+    def _consume(self, feed: ChangeFeed, token: ResumeToken | None, lease: Callable[[], bool]) -> None:
         settings, health = self.settings, self.health
         try:
             while self._may_continue():
@@ -118,9 +131,6 @@ class Processor:
             pass
         except Fenced as error:
             log.warning("stepping down: %s", error)
-        finally:
-            health.rest()
-            feed.close()
 
     def _may_continue(self) -> bool:
         return not self.stop_requested.is_set() and self._lease()
@@ -176,7 +186,11 @@ class Processor:
         log.error("event at %s skipped and dead-lettered: %s", entry.position, error)
         self.metrics.events_dead_lettered.labels(error.kind).inc()
         event_id = entry.event_id if isinstance(entry.event_id, str) else None
-        return DeadLetter.of(entry.position, event_id, str(error), entry.raw(), entry.received_at)
+        try:
+            return DeadLetter.of(entry.position, event_id, str(error), entry.raw(), entry.received_at)
+        except Exception as unreadable:  # the record changed or went since it was read: keep the reason
+            raw = [f"(the raw document could not be read again: {unreadable!r})"]
+            return DeadLetter.of(entry.position, event_id, str(error), raw, entry.received_at)
 
     def _filter_failed(
         self, event: Event, subscription: Subscription, error: Exception, now: datetime
@@ -186,7 +200,11 @@ class Processor:
         kind = type(error).__name__
         self.metrics.filter_failures.labels(kind).inc()
         reason = f"{kind}: {error}"[:MAX_REASON]
-        last, suppressed = self._failures_logged.get(subscription.id, (None, 0))
+        logged = self._failures_logged
+        if len(logged) > 10_000:  # forget the subscriptions that have not failed for a while
+            for key in [key for key, (at, _) in logged.items() if now - at >= FAILURE_LOG_INTERVAL]:
+                del logged[key]
+        last, suppressed = logged.get(subscription.id, (None, 0))
         if last is None or now - last >= FAILURE_LOG_INTERVAL:
             log.error(
                 "the filter of subscription %r failed on event %r, which it does not receive: %s%s",
@@ -195,9 +213,9 @@ class Processor:
                 reason,
                 f" ({suppressed} more failures of it since the last one logged)" if suppressed else "",
             )
-            self._failures_logged[subscription.id] = (now, 0)
+            logged[subscription.id] = (now, 0)
         else:
-            self._failures_logged[subscription.id] = (last, suppressed + 1)
+            logged[subscription.id] = (last, suppressed + 1)
         return FilterFailure(event.id, subscription.id, event.client_id, reason, now)
 
     def _measure(
@@ -225,7 +243,7 @@ class Processor:
         self.health.batch_done(len(batch.entries), lag)
 
     def _pause(self, seconds: float) -> None:
-        self.health.rest()  # waiting to retry is not a stall
+        self.health.pause()  # waiting to retry is not a stall
         self.stop_requested.wait(seconds)
         self.health.resume()
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Self
 
-from jsonpath_rfc9535 import JSONPathQuery
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -34,7 +33,7 @@ from pydantic import (
 )
 
 from fastmatch import validate_event_type, validate_pattern
-from processor.filters import Operator, compile_path, holds, json_equal
+from processor.filters import Check, Operator, all_hold, compile_check, compile_path, json_equal
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
@@ -169,14 +168,14 @@ class EventFilters(BaseModel):
     metadata: JsonObject | None = None
     payload: list[PayloadFilter] | None = None
 
-    _checks: list[tuple[JSONPathQuery, Operator, JsonValue]] = PrivateAttr(default_factory=list)
+    _checks: list[Check] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
         for condition in self.payload or ():
             if isinstance(condition, str):  # a bare query holds when it selects anything
-                self._checks.append((compile_path(condition), "exists", None))
+                self._checks.append(compile_check(condition, "exists", None))
             else:
-                self._checks.append((compile_path(condition.path), condition.op, condition.value))
+                self._checks.append(compile_check(condition.path, condition.op, condition.value))
 
     def accept(self, event: Event) -> bool:
         if self.source is not None and event.source not in self.source:
@@ -186,7 +185,7 @@ class EventFilters(BaseModel):
             for key, expected in self.metadata.items():
                 if key not in metadata or not json_equal(metadata[key], expected):
                     return False
-        return all(holds(query, op, value, event.data) for query, op, value in self._checks)
+        return all_hold(self._checks, event.data)
 
 
 class SubscriptionFields(BaseModel):

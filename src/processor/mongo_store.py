@@ -295,11 +295,14 @@ class MongoFeed:
         """The entry of a stored document, and its size in BSON bytes."""
         received_at = cluster_time.as_datetime() if cluster_time else self._now()
         identifier = document.get("_id")
-        raw = json_util.dumps(document, json_options=json_util.CANONICAL_JSON_OPTIONS)
+
+        def raw() -> tuple[str]:  # only a dead letter needs it
+            return (json_util.dumps(document, json_options=json_util.CANONICAL_JSON_OPTIONS),)
+
         try:
             size = len(bson.encode(document))
         except (bson.errors.InvalidDocument, TypeError, ValueError, OverflowError):
-            size = len(raw)  # a document pymongo cannot encode again: judged by its text
+            size = len(raw()[0])  # a document pymongo cannot encode again: judged by its text
         converted: Document | None = None
         if size > self._max_event_bytes:
             problem: str | None = (
@@ -316,7 +319,7 @@ class MongoFeed:
             position=position,
             event_id=None if identifier is None else str(identifier),
             document=converted,
-            raw=lambda: (raw,),
+            raw=raw,
             received_at=received_at,
             problem=problem,
         )

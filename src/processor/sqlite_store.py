@@ -298,10 +298,24 @@ EVENT_BYTES = " + ".join(f"coalesce(length(CAST({column} AS BLOB)), 0)" for colu
 READ_SIZES = f"SELECT seq, {EVENT_BYTES} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 READ_RANGE = f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"
 RAW_CHUNK = 1024 * 1024  # bytes of a large value read at a time
+# A JSON text decodes to up to 30 times its size ([[],[],...]): a large one is
+# decoded only if it holds at most this many values (about 200 MiB of Python).
+MAX_JSON_VALUES = 2_000_000
+LARGE_JSON = 1024 * 1024  # characters from which a text's values are counted first
 
 
 def _raw(row: tuple[Any, ...]) -> tuple[str]:
-    return (json.dumps(dict(zip(FEED_COLUMNS, row, strict=True)), ensure_ascii=False, default=repr),)
+    return (json.dumps(dict(zip(FEED_COLUMNS, row, strict=True)), ensure_ascii=False, default=_bytes_text),)
+
+
+def _bytes_text(value: bytes) -> str:
+    """Bytes as ``b'...'``, escaped byte by byte, so that pieces of a blob read
+    apart give the same text as the whole."""
+    return f"b'{_escaped(value)}'"
+
+
+def _escaped(value: bytes) -> str:
+    return value.decode("latin-1").encode("unicode_escape").decode("ascii")
 
 
 class _LongNumber(ValueError):
@@ -324,6 +338,13 @@ def _loads(text: str) -> Any:
     accepts a few more (lone surrogate escapes, nesting deeper than 200) and
     words its errors as the dead letters have always said them. NaN and
     Infinity, which ``json`` reads, are taken as it reads them."""
+    if len(text) > LARGE_JSON:
+        values = text.count(",") + text.count("[") + text.count("{")  # at least, as many as it holds
+        if values > MAX_JSON_VALUES:
+            raise ValueError(
+                f"holds up to {values} JSON values (counting its commas, brackets and braces); "
+                f"at most {MAX_JSON_VALUES} are decoded, which bounds the memory an event takes"
+            )
     try:
         return from_json(text)
     except (ValueError, TypeError):  # TypeError: a lone surrogate in the text
@@ -416,10 +437,13 @@ def _too_large(connection: sqlite3.Connection, seq: int, size: int, limit: int) 
 
 def _streamed_raw(connection: sqlite3.Connection, seq: int) -> Iterator[str]:
     """The text ``_raw`` makes of a row, in pieces: text and blobs are read a
-    chunk at a time (SQLite's blob I/O), so that no piece is large."""
+    chunk at a time (SQLite's blob I/O), so that no piece is large. Text that
+    is not UTF-8 shows replacement characters."""
     kinds = connection.execute(
         f"SELECT {', '.join(f'typeof({c})' for c in FEED_COLUMNS)} FROM events WHERE seq = ?", (seq,)
     ).fetchone()
+    if kinds is None:
+        raise LookupError(f"event {seq} was deleted before its dead letter was written")
     yield "{"
     for n, (column, kind) in enumerate(zip(FEED_COLUMNS, kinds, strict=True)):
         yield f"{', ' if n else ''}{json.dumps(column)}: "
@@ -427,8 +451,8 @@ def _streamed_raw(connection: sqlite3.Connection, seq: int) -> Iterator[str]:
         if kind == "text":
             pieces = codecs.iterdecode(_chunks(connection, column, seq), "utf-8", "replace")
             quotes = '"', '"'
-        elif kind == "blob":  # as repr() shows bytes, as _raw does
-            pieces = (repr(chunk)[2:-1] for chunk in _chunks(connection, column, seq))
+        elif kind == "blob":  # as _raw shows bytes
+            pieces = map(_escaped, _chunks(connection, column, seq))
             quotes = "\"b'", "'\""
         else:
             (value,) = connection.execute(f"SELECT {column} FROM events WHERE seq = ?", (seq,)).fetchone()
@@ -520,8 +544,9 @@ class SqliteFeed:
 
     def _read(self, max_events: int, max_bytes: int) -> tuple[list[FeedEntry], bool]:
         """The next events that fit, and whether more wait. The sizes are read
-        row by row, and no further than the budget: a size costs SQLite a read
-        of the event's text."""
+        row by row, and no further than the budget: SQLite 3.40 reads a text
+        to measure it (in its own memory, a row at a time; this process never
+        holds an event over the cap)."""
         cursor = self._connection.cursor()
         cursor.row_factory = None
         taken, total, last, more = 0, 0, self._after, False
@@ -536,7 +561,8 @@ class SqliteFeed:
             if taken:
                 return read_entries(self._connection, READ_RANGE, (self._after, last)), more
             if more:  # the next event alone is over the cap
-                return [_too_large(self._connection, seq, size, self._max_event_bytes)], True
+                entry = _too_large(self._connection, seq, size, self._max_event_bytes)
+                return [entry], max_events == 1 or cursor.fetchone() is not None
         except sqlite3.OperationalError as error:
             raise StoreUnavailable(f"sqlite: {error}") from error
         finally:

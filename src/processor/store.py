@@ -98,11 +98,15 @@ class CommitReport:
 
 class ChangeFeed(Protocol):
     def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
-        """At most ``max_events`` entries after the previous batch, of at most
+        """At most ``max_events`` entries after the previous batch, of about
         ``max_bytes`` together (but always one, however large); waits up to
         ``max_wait`` seconds for the first one, then returns what it has. An
-        event over the store's ``max_event_bytes`` is handed out undecoded,
-        never read whole, alone in its batch."""
+        event over the store's ``max_event_bytes`` is handed out undecoded.
+
+        The embedded store reads sizes first: its batches stay within the
+        budget, and an event over the cap comes alone, never read. A change
+        stream cannot put an event back: on MongoDB the event that reaches the
+        budget closes the batch (MongoDB keeps a document under 16 MiB)."""
 
     def close(self) -> None: ...
 

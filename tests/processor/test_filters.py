@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from processor.filters import compile_path, holds
-from processor.iregexp import matches, searches, to_re2
+from processor import filters
+from processor.filters import FilterBudgetExceeded, Members, all_hold, compile_check, compile_path, holds
+from processor.iregexp import program, to_re2
+
+
+def matches(text: str, pattern: str) -> bool:
+    return program(pattern, whole=True).test(text)
+
+
+def searches(text: str, pattern: str) -> bool:
+    return program(pattern, whole=False).test(text)
 
 
 def selects(path: str, data: object) -> bool:
@@ -74,13 +83,36 @@ def test_i_regexp_dots_anchors_and_classes_keep_their_meaning_on_re2() -> None:
     assert matches("ab" * 6, "(ab){6}") and matches("a" * 12, "a{10,12}") and not matches("a" * 9, "a{10,}")
 
 
-def test_regex_functions_are_false_for_what_is_not_a_string_or_a_pattern() -> None:
-    assert not matches(7, "7") and not matches("7", 7)
-    assert not searches("a", "(") and not searches("a", "a(?=b)"), "an invalid pattern from the data"
-    assert not searches("\ud800a", "a"), "a lone surrogate has no UTF-8 for RE2"
-    data = [{"text": "ab", "pattern": "a."}]
-    assert selects("$[?match(@.text, @.pattern)]", data), "a pattern from the data"
-    assert not searches("a" * 2000, "a" * 1025), "a pattern too long to be a filter's is not compiled"
+def test_regex_functions_are_false_for_what_is_not_a_string() -> None:
+    assert not selects("$[?match(@, '7')]", [7]) and selects("$[?match(@, '7')]", ["7"])
+    assert not selects("$[?search(@, 'a')]", ["\ud800a"]), "a lone surrogate has no UTF-8 for RE2"
+    with pytest.raises(ValueError, match="is not an I-Regexp"):
+        compile_path("$[?search(@, '\ud800')]")  # a lone surrogate itself
+
+
+def test_a_filter_that_would_run_long_stops_at_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(filters, "MAX_STEPS", 10_000)
+    wide = [[[n, n, n] for n in range(100)] for _ in range(100)]  # 40,000 nodes under three wildcards
+    check = compile_check("$[*][*][*]", "eq", -1)
+    with pytest.raises(FilterBudgetExceeded, match="more than 10000 steps"):
+        all_hold([check], wide)
+    assert not all_hold([check], wide[:10]), "within the budget: the usual answer"
+    regex = compile_check("$[?search(@, '[ab]*a[ab]{999}c')]", "exists", None)  # 1,006 instructions
+    with pytest.raises(FilterBudgetExceeded):
+        all_hold([regex], ["ab" * 10_000])  # refused before it runs: its worst case is over the budget
+    assert all_hold([regex], ["a" + "b" * 999 + "c"])
+    assert all_hold([check], [[[-1]]]), "each evaluation starts with a whole budget"
+
+
+def test_in_and_nin_find_a_value_among_many_as_json_equality_says() -> None:
+    members = Members([*range(100_000), "x", None, True, [1, 2], {"a": 1}])
+    assert 5 in members and 5.0 in members and 99_999 in members and "x" in members and None in members
+    assert True in members and 1 in members, "1 is a member as a number, True as a boolean"
+    assert False not in Members([0]) and 0 not in Members([False]) and "1" not in Members([1])
+    assert [1.0, 2] in members and {"a": 1.0} in members and [2, 1] not in members
+    big = compile_check("$.tier", "in", [f"t{n}" for n in range(100_000)])
+    assert all_hold([big], {"tier": "t99999"}) and not all_hold([big], {"tier": "t100000"})
+    assert all_hold([compile_check("$.tier", "nin", ["gold"])], {"tier": "silver"})
 
 
 def test_patterns_that_backtrack_exponentially_elsewhere_answer_correctly() -> None:

@@ -144,6 +144,31 @@ def test_a_hung_batch_fails_live_sigterm_ends_the_process_and_a_restart_loses_no
     assert publisher.job_count() == 3
 
 
+CRASH_HOOK = """
+# Test only: a bug in processing.
+import processor.loop
+
+def process(self, batch):
+    raise RuntimeError("a bug in processing")
+
+processor.loop.Processor.process = process
+"""
+
+
+def test_a_bug_that_ends_processing_ends_the_process_with_an_error(tmp_path: Path) -> None:
+    db, log = tmp_path / "store.db", tmp_path / "processor.log"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    publisher = Publisher(db)
+    with spawn_processor(db, log, PYTHONPATH=str(hook)) as child:
+        wait_until(lambda: publisher.token() is not None, message=f"the processor to start; log: {log}")
+        publisher.publish(SHIPPED)
+        assert child.wait(timeout=60) == 1, log.read_text()
+    assert "processing stopped on an unexpected error" in log.read_text()
+    assert "a bug in processing" in log.read_text()
+
+
 def big_payload(size: int) -> str:
     """About ``size`` bytes of JSON that is both wide (many small objects) and long (one string)."""
     items = [{"sku": f"sku-{n}", "qty": n % 7, "note": "x" * 40} for n in range(size // 200)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
@@ -588,3 +589,65 @@ def test_a_dead_letter_keeps_the_first_bytes_of_its_raw_document_and_describes_a
     assert (letter.raw_bytes, letter.raw_sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
     short = DeadLetter.of("8", None, "why", ["{}"], datetime.now(UTC))
     assert short.raw == "{}"
+
+
+def test_an_event_over_the_cap_comes_alone_unread_and_its_dead_letter_describes_it_as_the_row(
+    tmp_path: Path,
+) -> None:
+    """The same invalid row dead-lettered read whole and streamed (over a small cap) gives one hash."""
+    whole, capped = tmp_path / "whole.db", tmp_path / "capped.db"
+    publisher = Publisher(whole)
+    blob = b'it\'s "quoted" \xff' * 20_000  # a BLOB payload: invalid, and over the small cap
+    event = publisher.sql.execute(
+        "INSERT INTO events (type, client_id, data) VALUES ('orders:bad', 'acme', ?) RETURNING id", (blob,)
+    ).fetchone()[0]
+    publisher.sql.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copyfile(whole, capped)
+    letters = {}
+    for path, cap in ((whole, 16 * 1024 * 1024), (capped, 100_000)):
+        store = SqliteStore(path, from_beginning=True, max_event_bytes=cap)
+        feed = store.open_feed(store.resume_token())
+        batch = feed.next_batch(10, 0.0)
+        assert [entry.event_id for entry in batch.entries] == [event] and not batch.more
+        Processor(store, Settings(batch_size=10, max_wait=0.0)).process(batch)
+        letters[cap] = connect(path).execute("SELECT * FROM dead_letters").fetchone()
+        store.close()
+    read, streamed = letters[16 * 1024 * 1024], letters[100_000]
+    assert read["reason"].startswith("data: must be JSON text, got bytes")
+    assert streamed["reason"].startswith("document: is ") and "over the limit of 100000" in streamed["reason"]
+    assert (streamed["raw_bytes"], streamed["raw_sha256"]) == (read["raw_bytes"], read["raw_sha256"])
+    assert streamed["raw"] == read["raw"] and len(read["raw"].encode()) <= MAX_DEAD_LETTER_RAW
+
+
+def test_an_event_over_the_cap_says_whether_more_wait_and_one_deleted_meanwhile_is_still_dead_lettered(
+    db: Path, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    big = publisher.publish(SHIPPED, data=json.dumps(["x" * 5_000]))
+    after = publisher.publish(SHIPPED)
+    store = SqliteStore(db, from_beginning=True, max_event_bytes=1_000)
+    feed = store.open_feed(store.resume_token())
+    first = feed.next_batch(10, 0.0)
+    assert [entry.event_id for entry in first.entries] == [big] and first.more, "alone, with more behind"
+    publisher.sql.execute("DELETE FROM events WHERE id = ?", (big,))  # before its dead letter is written
+    processor = Processor(store, Settings(batch_size=10, max_wait=0.0))
+    processor.process(first)
+    second = feed.next_batch(10, 0.0)
+    assert [entry.event_id for entry in second.entries] == [after] and not second.more
+    processor.process(second)
+    store.close()
+    assert publisher.jobs() == {(after, "all")}
+    (reason, raw) = publisher.sql.execute("SELECT reason, raw FROM dead_letters").fetchone()
+    assert "over the limit of 1000" in reason and "could not be read again" in raw
+
+
+def test_a_large_payload_of_too_many_values_is_dead_lettered_before_it_is_decoded(
+    store: SqliteStore, publisher: Publisher
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    with Running(store, publisher):
+        many = publisher.publish(SHIPPED, data="[" + ",".join(["[]"] * 1_100_000) + "]")  # 30x its size
+        fine = publisher.publish(SHIPPED, data=json.dumps({"text": "," * 100_000}))
+        wait_until(publisher.caught_up)
+    assert publisher.jobs() == {(fine, "all")}
+    assert publisher.dead_letters()[many].startswith("data: holds up to 2200000 JSON values")

@@ -198,7 +198,7 @@ def test_a_step_of_processing_that_lasts_past_the_threshold_is_a_stall_that_name
     assert health.stall() == "stalled for 11s processing, at event 42"
     report = health.report()
     assert report["status"] == "DOWN" and report["stalled"] in report["reasons"]
-    health.rest()  # waiting to retry a failing store: that has a reason of its own
+    health.pause()  # waiting to retry a failing store: that has a reason of its own
     clock.now += 100
     assert health.stall() is None
     health.resume()
@@ -206,3 +206,8 @@ def test_a_step_of_processing_that_lasts_past_the_threshold_is_a_stall_that_name
     assert health.stall() == "stalled for 11s processing, at event 42", "the attempt that follows can stall"
     health.step("reading the feed after 42")
     assert health.stall() is None and health.report()["status"] == "UP"
+    health.rest()  # stopped, or standing by: a retry that ends now resumes no step
+    health.pause()
+    health.resume()
+    clock.now += 100
+    assert health.stall() is None
