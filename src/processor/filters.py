@@ -44,7 +44,7 @@ from processor.iregexp import InvalidIRegexp, Program, program
 
 MAX_EXPRESSION_LENGTH = 512
 MAX_FAN_OUT = 64  # the product of the selectors of every segment of a path
-MAX_STEPS = 1_000_000  # of one filter's evaluation on one event: about a second at worst
+MAX_STEPS = 1_000_000  # of one filter's evaluation on one event: a second or two at worst
 MAX_PROGRAM = 2_000  # RE2 instructions of a pattern; a character costs up to that many
 REGEX_STEP = 1_000  # instructions of RE2's slowest path (its NFA) that count as one step
 

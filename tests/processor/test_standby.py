@@ -23,8 +23,8 @@ import redis
 
 from tests.processor.harness import Publisher, free_port, spawn_processor, wait_until
 
-TTL, RENEW = 2.0, 0.4
-SCHEDULING = 1.5
+TTL, RENEW = 5.0, 1.0  # long enough that a loaded machine (two CI runs at once) renews in time
+SCHEDULING = 3.0
 SHIPPED = "orders:fulfillment:shipment:shipped"
 
 
