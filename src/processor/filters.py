@@ -1,4 +1,4 @@
-"""Subscription filters on an event's payload: JSONPath (RFC 9535) conditions.
+"""Subscription filters' JSONPath (RFC 9535) queries: compiled safely, run on a budget.
 
 Paths are compiled once, when a subscription is validated, by jsonpath-rfc9535
 in an environment whose ``match()`` and ``search()`` run on RE2 (see
@@ -8,20 +8,23 @@ processor on one event, and two things see to it:
 - paths whose time could grow faster than the event are refused
   (``cost_problem``), as are patterns that are not literals or whose program
   is large;
-- every evaluation of a subscription's filter on an event has a budget of
-  ``MAX_STEPS`` steps (a node a path selects along the way, or a regular
-  expression's worst case on a text, counted before it runs); past it, the
-  evaluation raises ``FilterBudgetExceeded``, which fails that pair alone.
+- every evaluation of a query on an event has a budget of ``MAX_STEPS``
+  steps (a node a path selects along the way, or a regular expression's worst
+  case on a text, counted before it runs); past it, the evaluation raises
+  ``FilterBudgetExceeded``, which fails the pairs of the subscriptions that
+  needed it, and those alone.
 
-Values are compared as JSON values, not as Python objects: ``1`` equals ``1.0``
-but ``true`` does not equal ``1``, and ordering across types is simply false.
+Values are compared as JSON values, not as Python objects (``json_equal``):
+``1`` equals ``1.0`` but ``true`` does not equal ``1``. What conditions make
+of the values a query selects is ``processor.predicates``' business.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable, Iterator
+from typing import ClassVar, Literal
 
 import jsonpath_rfc9535
 from jsonpath_rfc9535 import JSONPathEnvironment, JSONPathNode, JSONPathQuery
@@ -29,6 +32,7 @@ from jsonpath_rfc9535.filter_expressions import (
     ComparisonExpression,
     Expression,
     FilterExpression,
+    FilterExpressionLiteral,
     FunctionExtension,
     LogicalExpression,
     PrefixExpression,
@@ -37,8 +41,8 @@ from jsonpath_rfc9535.filter_expressions import (
     StringLiteral,
 )
 from jsonpath_rfc9535.function_extensions import ExpressionType, FilterFunction
-from jsonpath_rfc9535.segments import JSONPathRecursiveDescentSegment, JSONPathSegment
-from jsonpath_rfc9535.selectors import FilterSelector
+from jsonpath_rfc9535.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
+from jsonpath_rfc9535.selectors import FilterSelector, IndexSelector, NameSelector
 
 from processor.iregexp import InvalidIRegexp, Program, program
 
@@ -84,6 +88,11 @@ class _Metered:
         return str(self._segment)
 
 
+def _segments(query: JSONPathQuery) -> list[JSONPathSegment]:
+    """The segments of a compiled query as jsonpath-rfc9535 made them."""
+    return [segment._segment if isinstance(segment, _Metered) else segment for segment in query.segments]
+
+
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "exists"]
 OPERATORS: tuple[Operator, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "exists")
 
@@ -127,8 +136,13 @@ class _Environment(JSONPathEnvironment):
 ENVIRONMENT = _Environment()
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_path(expression: str) -> JSONPathQuery:
-    """Compile a JSONPath query, or raise ``ValueError`` saying what is wrong with it."""
+    """Compile a JSONPath query, or raise ``ValueError`` saying what is wrong with it.
+
+    Cached: a subscription's paths are compiled when it is validated, and the
+    matcher asks again for the same ones when it indexes it; many subscriptions
+    share a path."""
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise ValueError(f"is {len(expression)} characters long; at most {MAX_EXPRESSION_LENGTH} are allowed")
     try:
@@ -225,8 +239,70 @@ def _expressions(query: JSONPathQuery) -> Iterator[Expression]:
             pending += expression.args
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+Step = str | int
+"""A name or an index: one segment of a singular query."""
+
+
+def singular_steps(query: JSONPathQuery) -> tuple[Step, ...] | None:
+    """The names and indexes of a singular query (``$.order.lines[0]``), which
+    selects one node or none: a walk of a few lookups, without the library."""
+    steps: list[Step] = []
+    for segment in _segments(query):
+        if not isinstance(segment, JSONPathChildSegment) or len(segment.selectors) != 1:
+            return None
+        selector = segment.selectors[0]
+        if isinstance(selector, NameSelector):
+            steps.append(selector.name)
+        elif isinstance(selector, IndexSelector):
+            steps.append(selector.index)
+        else:
+            return None
+    return tuple(steps)
+
+
+_CONDITION_OPS: dict[str, Operator] = {"==": "eq", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
+_MIRRORED = {"==": "==", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def as_condition(query: JSONPathQuery) -> tuple[str, Operator, object] | None:
+    """The payload condition a bare query is, when it is one, else None.
+
+    A query ending in a filter that compares a singular relative query with a
+    literal selects something exactly when some child of what precedes the
+    filter has, at that relative path, a value the comparison holds for:
+    ``$.items[?@.qty > 3]`` is ``$.items[*].qty`` with ``gt 3``, which the
+    matcher can index. ``!=`` is left to the library: it also holds where the
+    value is missing."""
+    segments = _segments(query)
+    if not segments or not isinstance(segments[-1], JSONPathChildSegment) or len(segments[-1].selectors) != 1:
+        return None
+    selector = segments[-1].selectors[0]
+    comparison = selector.expression.expression if isinstance(selector, FilterSelector) else None
+    if not isinstance(comparison, ComparisonExpression):
+        return None
+    left, operator, right = comparison.left, comparison.operator, comparison.right
+    if isinstance(left, FilterExpressionLiteral):
+        left, operator, right = right, _MIRRORED.get(operator, operator), left
+    if (
+        operator not in _CONDITION_OPS
+        or not isinstance(left, RelativeFilterQuery)
+        or not isinstance(right, FilterExpressionLiteral)
+        or singular_steps(left.query) is None
+    ):
+        return None
+    value = right.value
+    if operator in ("<=", ">=") and (value is None or isinstance(value, bool)):
+        operator = "=="  # RFC 9535's <= is < or ==, and < orders no booleans nor nulls
+    prefix = "$" + "".join(map(str, segments[:-1]))
+    return f"{prefix}[*]{str(left.query)[1:]}", _CONDITION_OPS[operator], value
+
+
+def select(query: JSONPathQuery, data: object) -> list[object]:
+    """The values of the nodes ``query`` selects in ``data``, within a whole
+    budget of ``MAX_STEPS``: each distinct query is evaluated once per event,
+    and each evaluation has a budget of its own."""
+    _BUDGET.left = MAX_STEPS
+    return [node.value for node in query.finditer(data)]  # type: ignore[arg-type]
 
 
 def json_equal(left: object, right: object) -> bool:
@@ -242,78 +318,5 @@ def json_equal(left: object, right: object) -> bool:
     return type(left) is type(right) and left == right
 
 
-def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[object, object], bool]:
-    """Numbers compare with numbers, strings with strings; anything else is false."""
-
-    def test(node: object, value: object) -> bool:
-        if _is_number(node) and _is_number(value):
-            return compare(node, value)
-        if isinstance(node, str) and isinstance(value, str):
-            return compare(node, value)
-        return False
-
-    return test
-
-
-class Members:
-    """The values of an ``in`` or ``nin`` condition, as JSON equality finds them:
-    scalars by hash (``1`` and ``1.0`` alike, booleans apart), arrays and objects
-    one by one. A list of 100,000 values costs one lookup, not 100,000 compares."""
-
-    def __init__(self, values: Sequence[object]) -> None:
-        self._scalars = {_scalar_key(v) for v in values if not isinstance(v, list | dict)}
-        self._containers = [v for v in values if isinstance(v, list | dict)]
-
-    def __contains__(self, node: object) -> bool:
-        if isinstance(node, list | dict):
-            return any(json_equal(node, v) for v in self._containers)
-        return _scalar_key(node) in self._scalars
-
-
-def _scalar_key(value: object) -> tuple[type, object]:
-    if isinstance(value, bool):
-        return bool, value
-    if _is_number(value):
-        return float, value  # equal numbers hash alike, whatever their type
-    return type(value), value
-
-
-def _member(node: object, values: object) -> bool:
-    return isinstance(values, Members) and node in values
-
-
-TESTS: dict[Operator, Callable[[object, object], bool]] = {
-    "eq": json_equal,
-    "ne": lambda node, value: not json_equal(node, value),
-    "gt": _ordered(lambda a, b: a > b),
-    "gte": _ordered(lambda a, b: a >= b),
-    "lt": _ordered(lambda a, b: a < b),
-    "lte": _ordered(lambda a, b: a <= b),
-    "in": _member,
-    "nin": lambda node, values: not _member(node, values),
-    "exists": lambda node, value: True,
-}
-
-
-Check = tuple[JSONPathQuery, Operator, object]
-"""A compiled payload condition: its path, operator and (prepared) value."""
-
-
-def compile_check(path: str, op: Operator, value: object) -> Check:
-    return (
-        compile_path(path),
-        op,
-        Members(value) if op in ("in", "nin") and isinstance(value, list) else value,
-    )
-
-
-def holds(query: JSONPathQuery, op: Operator, value: object, data: object) -> bool:
-    """True when at least one node ``query`` selects in ``data`` satisfies ``op``."""
-    test = TESTS[op]
-    return any(test(node.value, value) for node in query.finditer(data))  # type: ignore[arg-type]
-
-
-def all_hold(checks: Iterable[Check], data: object) -> bool:
-    """Every check holds on ``data``, within one budget of ``MAX_STEPS``."""
-    _BUDGET.left = MAX_STEPS
-    return all(holds(query, op, value, data) for query, op, value in checks)
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

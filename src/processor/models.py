@@ -23,7 +23,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     JsonValue,
-    PrivateAttr,
     StrictBool,
     StrictStr,
     StringConstraints,
@@ -33,7 +32,7 @@ from pydantic import (
 )
 
 from fastmatch import validate_event_type, validate_pattern
-from processor.filters import Check, Operator, all_hold, compile_check, compile_path, json_equal
+from processor.filters import Operator, compile_path
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
@@ -160,32 +159,16 @@ PayloadFilter = Annotated[
 
 
 class EventFilters(BaseModel):
-    """Every part that is present must hold."""
+    """Every part that is present must hold: ``source`` lists the sources
+    accepted, ``metadata`` the entries the event's metadata must have (equal as
+    JSON values), and ``payload`` conditions on its data. What each means on an
+    event is ``processor.predicates``'."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: list[StrictStr] | None = None
     metadata: JsonObject | None = None
     payload: list[PayloadFilter] | None = None
-
-    _checks: list[Check] = PrivateAttr(default_factory=list)
-
-    def model_post_init(self, context: Any, /) -> None:
-        for condition in self.payload or ():
-            if isinstance(condition, str):  # a bare query holds when it selects anything
-                self._checks.append(compile_check(condition, "exists", None))
-            else:
-                self._checks.append(compile_check(condition.path, condition.op, condition.value))
-
-    def accept(self, event: Event) -> bool:
-        if self.source is not None and event.source not in self.source:
-            return False
-        if self.metadata is not None:
-            metadata = event.metadata or {}
-            for key, expected in self.metadata.items():
-                if key not in metadata or not json_equal(metadata[key], expected):
-                    return False
-        return all_hold(self._checks, event.data)
 
 
 class SubscriptionFields(BaseModel):

@@ -1,10 +1,11 @@
-"""Fixtures that run the fastmatch tests against both matchers.
+"""Fixtures that run tests against both matchers.
 
-Like multidict and yarl, every behavioural test takes ``index_cls`` and so runs
-once against the compiled trie (``fastmatch._ctrie``) and once against its
-pure-Python twin (``fastmatch._pytrie``). A compiled module that cannot be
-imported is a failure, not a skip: a broken build must not pass quietly as a
-green run of the Python twin alone. Only when the build was deliberately made
+Like multidict and yarl, every behavioural test of fastmatch takes
+``index_cls`` and so runs once against the compiled trie (``fastmatch._ctrie``)
+and once against its pure-Python twin (``fastmatch._pytrie``); so do the
+processor's tests of matching. A compiled module that cannot be imported is
+a failure, not a skip: a broken build must not pass quietly as a green run of
+the Python twin alone. Only when the build was deliberately made
 without extensions (``FASTMATCH_NO_EXTENSIONS``, the switch CMakeLists.txt
 reads) are the compiled runs skipped.
 """

@@ -1,0 +1,327 @@
+"""A subscription's filters as conditions on the parts of an event they look at.
+
+Every filter, whatever its form (a payload condition, a bare query, ``source``,
+an entry of ``metadata``), becomes a ``Condition`` on a ``Selector``, the part
+of the event it looks at. Selectors are interned by their normalized form (RFC
+9535's for payload paths): within one event each distinct part is selected once
+(``Selections``), however many subscriptions look at it, and summed up once
+(``Selection``) into what conditions ask of it: its values as hash keys under
+JSON equality, the extremes of its numbers and of its strings. A condition is
+then a lookup or one comparison, never a walk over the nodes, and the same
+keys and extremes let ``processor.filter_index`` find the subscriptions whose
+conditions hold without asking each.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, ClassVar
+
+from jsonpath_rfc9535 import JSONPathQuery
+
+from processor.filters import Operator, Step, as_condition, compile_path, json_equal, select, singular_steps
+from processor.models import Event, EventFilters
+
+# Keys of the JSON values that Python's own equality would confuse with numbers.
+_TRUE, _FALSE, _NULL = ("true",), ("false",), ("null",)
+
+
+def value_key(value: object) -> Hashable | None:
+    """The hash key of a scalar JSON value, equal for values JSON equality
+    finds equal (``1`` and ``1.0``), apart for those it does not (``true`` and
+    ``1``); None for an array or an object."""
+    if isinstance(value, bool):
+        return _TRUE if value else _FALSE
+    if value is None:
+        return _NULL
+    if isinstance(value, str | int | float):
+        return value
+    return None
+
+
+class Selection:
+    """The values a selector found in one event, summed up for the conditions:
+    scalar keys, arrays and objects as they are, whether some value is equal
+    to nothing (NaN, or not JSON), the smallest and largest number and string;
+    or the error that stopped the selecting."""
+
+    __slots__ = ("containers", "count", "error", "first", "high", "keys", "last", "low", "unequal")
+
+    def __init__(self, values: Iterable[object] = (), error: Exception | None = None) -> None:
+        keys: set[Hashable] = set()
+        containers: list[object] = []
+        unequal = False
+        low = high = first = last = None
+        count = 0
+        for value in values:
+            count += 1
+            if isinstance(value, str):
+                keys.add(value)
+                if first is None or value < first:
+                    first = value
+                if last is None or value > last:
+                    last = value
+            elif isinstance(value, bool):
+                keys.add(_TRUE if value else _FALSE)
+            elif isinstance(value, int | float):
+                if isinstance(value, float) and math.isnan(value):  # a BSON double can be: equal to nothing
+                    unequal = True
+                    continue
+                keys.add(value)
+                if low is None or value < low:
+                    low = value
+                if high is None or value > high:
+                    high = value
+            elif value is None:
+                keys.add(_NULL)
+            elif isinstance(value, list | dict):
+                containers.append(value)
+            else:
+                unequal = True
+        self.count, self.keys, self.containers, self.unequal = count, keys, containers, unequal
+        self.low, self.high, self.first, self.last = low, high, first, last
+        self.error = error
+
+    def extreme(self, text: bool, upper: bool) -> Any:
+        """The largest (``upper``) or smallest string (``text``) or number, if any."""
+        if text:
+            return self.last if upper else self.first
+        return self.high if upper else self.low
+
+
+_NOTHING = Selection()
+
+
+class Selector:
+    """A part of an event that conditions look at; one object per distinct part."""
+
+    __slots__ = ("__weakref__", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key  # what an operator reads: "$['region']", "source", "metadata['tier']"
+
+    def select(self, event: Event) -> Selection:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{self.key}>"
+
+
+class _Path(Selector):
+    __slots__ = ("_query", "_steps")
+
+    def __init__(self, query: JSONPathQuery) -> None:
+        super().__init__(str(query))
+        self._query = query
+        self._steps = singular_steps(query)
+
+    def select(self, event: Event) -> Selection:
+        if self._steps is None:
+            try:
+                return Selection(select(self._query, event.data))
+            except Exception as error:  # whatever stops a query fails the pairs that need it
+                return Selection(error=error)
+        return Selection(_walk(event.data, self._steps))
+
+
+def _walk(data: object, steps: tuple[Step, ...]) -> tuple[object, ...]:
+    """What a singular query selects, as jsonpath-rfc9535 would select it."""
+    for step in steps:
+        if isinstance(step, str):
+            if not isinstance(data, dict) or step not in data:
+                return ()
+        elif not isinstance(data, list) or not -len(data) <= step < len(data):
+            return ()
+        data = data[step]  # type: ignore[index]
+    return (data,)
+
+
+class _Source(Selector):
+    __slots__ = ()
+
+    def select(self, event: Event) -> Selection:
+        return _NOTHING if event.source is None else Selection((event.source,))
+
+
+class _Metadata(Selector):
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"metadata[{name!r}]")
+        self._name = name
+
+    def select(self, event: Event) -> Selection:
+        metadata = event.metadata
+        if metadata is None or self._name not in metadata:
+            return _NOTHING
+        return Selection((metadata[self._name],))
+
+
+_SELECTORS: weakref.WeakValueDictionary[str, Selector] = weakref.WeakValueDictionary()
+
+
+def _interned(key: str, make: Callable[[], Selector]) -> Selector:
+    selector = _SELECTORS.get(key)
+    if selector is None:
+        selector = _SELECTORS[key] = make()
+    return selector
+
+
+def path(expression: str) -> Selector:
+    query = compile_path(expression)
+    return _interned(str(query), lambda: _Path(query))
+
+
+SOURCE = _Source("source")
+
+
+def metadata(name: str) -> Selector:
+    return _interned(f"metadata[{name!r}]", lambda: _Metadata(name))
+
+
+class Condition:
+    """What a filter asks of its selector's ``Selection`` in an event."""
+
+    __slots__ = ("selector",)
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector = selector
+
+    def holds(self, selection: Selection) -> bool:
+        raise NotImplementedError
+
+
+class Never(Condition):
+    """A comparison no value satisfies: ``gt`` a boolean, ``in`` nothing."""
+
+    __slots__ = ()
+
+    def holds(self, selection: Selection) -> bool:
+        return False
+
+
+class Exists(Condition):
+    __slots__ = ()
+
+    def holds(self, selection: Selection) -> bool:
+        return selection.count > 0
+
+
+class OneOf(Condition):
+    """``eq`` and ``in``: some value is equal to one of ``values``. Scalars go by
+    hash (``keys``), so that a list of 100,000 costs one lookup per value
+    selected; arrays and objects one by one."""
+
+    __slots__ = ("containers", "keys")
+
+    def __init__(self, selector: Selector, values: Sequence[object]) -> None:
+        super().__init__(selector)
+        self.keys = {key for key in map(value_key, values) if key is not None}
+        self.containers = [value for value in values if value_key(value) is None]
+
+    def holds(self, selection: Selection) -> bool:
+        if not self.keys.isdisjoint(selection.keys):
+            return True
+        return any(json_equal(found, value) for found in selection.containers for value in self.containers)
+
+
+class NoneOf(OneOf):
+    """``ne`` and ``nin``: some value is equal to none of ``values``."""
+
+    __slots__ = ()
+
+    def holds(self, selection: Selection) -> bool:
+        if selection.unequal or not self.keys.issuperset(selection.keys):
+            return True
+        return any(
+            not any(json_equal(found, value) for value in self.containers) for found in selection.containers
+        )
+
+
+class Bound(Condition):
+    """``gt``, ``gte``, ``lt``, ``lte`` a number or a string: some value of the
+    same kind is beyond the bound, so the largest (or smallest) one is."""
+
+    __slots__ = ("compare", "op", "text", "upper", "value")
+    COMPARE: ClassVar[dict[str, Callable[[Any, Any], bool]]] = {
+        "gt": operator.gt,
+        "gte": operator.ge,
+        "lt": operator.lt,
+        "lte": operator.le,
+    }
+
+    def __init__(self, selector: Selector, op: Operator, value: str | int | float) -> None:
+        super().__init__(selector)
+        self.op, self.value = op, value
+        self.compare = self.COMPARE[op]
+        self.text = isinstance(value, str)
+        self.upper = op in ("gt", "gte")  # compared with the largest value, else with the smallest
+
+    def holds(self, selection: Selection) -> bool:
+        extreme = selection.extreme(self.text, self.upper)
+        return extreme is not None and self.compare(extreme, self.value)
+
+
+def condition(selector: Selector, op: Operator, value: object) -> Condition:
+    """The condition ``{"op": op, "value": value}`` on ``selector``, as the data
+    contract defines it: true when some selected value satisfies it."""
+    if op == "exists":
+        return Exists(selector)
+    if op in ("eq", "ne"):
+        return (OneOf if op == "eq" else NoneOf)(selector, [value])
+    if op in ("in", "nin"):
+        assert isinstance(value, list)  # the model refuses anything else
+        if op == "in" and not value:
+            return Never(selector)
+        return (OneOf if op == "in" else NoneOf)(selector, value)
+    if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return Bound(selector, op, value)
+    return Never(selector)  # numbers and strings are ordered, nothing else
+
+
+def bare(expression: str) -> Condition:
+    """A bare query: true when it selects anything. One that is a condition in
+    disguise (``processor.filters.as_condition``) becomes that condition."""
+    query = compile_path(expression)
+    found = as_condition(query)
+    if found is not None:
+        rewritten, op, value = found
+        try:
+            return condition(path(rewritten), op, value)
+        except ValueError:  # longer than the longest path allowed, say: asked as it was written
+            pass
+    return Exists(path(expression))
+
+
+def conditions(filters: EventFilters | None) -> list[Condition]:
+    """Every condition of a subscription's filters; it matches when all hold."""
+    if filters is None:
+        return []
+    found: list[Condition] = []
+    if filters.source is not None:
+        found.append(condition(SOURCE, "in", filters.source))
+    for name, expected in (filters.metadata or {}).items():
+        found.append(condition(metadata(name), "eq", expected))
+    for entry in filters.payload or ():
+        if isinstance(entry, str):
+            found.append(bare(entry))
+        else:
+            found.append(condition(path(entry.path), entry.op, entry.value))
+    return found
+
+
+class Selections(dict[Selector, Selection]):
+    """The selections of one event, each made the first time a condition asks."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self._event = event
+
+    def __missing__(self, selector: Selector) -> Selection:
+        selection = self[selector] = selector.select(self._event)
+        return selection

@@ -1,0 +1,380 @@
+"""The indexed matcher gives exactly the straightforward matcher's answers.
+
+``tests/processor/oracle.py`` asks every subscription in turn, each filter on
+its own through jsonpath-rfc9535; the ``SubscriptionMatcher`` indexes
+conditions and shares each distinct selection within an event. Hypothesis
+drives both through the same subscription changes and events, with either
+trie, and every event must get the same matched and failed pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from processor import filters, predicates
+from processor.matching import SubscriptionMatcher
+from processor.models import Event, Subscription
+from tests.conftest import IndexClass
+from tests.processor.oracle import expected
+
+EVENT_TYPES = ("a:b:c:d", "a:x:c:y")
+PATTERNS = ("a:b:c:d", "a:*:c:*", "*:*:*:*", "x:b:c:d")
+SOURCES = ("s1", "s2")
+KEYS = ("a", "b", "n", "m", "items")
+# Values that subscriptions and events share often enough to match, and
+# numbers at the edges of JSON equality and order: 1 and 1.0 alike, 2**53 + 1
+# beyond a double, booleans that Python would take for 1 and 0.
+COMMON = [0, 1, 1.0, 2, True, False, None, "a", "b"]
+EDGES = [-0.0, 2**53, 2**53 + 1, float(2**53), 1e308, -1e308, 5e-324, 10**30, "é", "10", "ab"]
+# Weights by repetition: hypothesis draws each branch of one_of alike, duplicates or not.
+SCALARS = st.sampled_from(COMMON * 8 + EDGES + [-3, -1, 3, ""])
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+# Events may hold what no subscription can: NaN, as a BSON double can.
+EVENT_SCALARS = st.sampled_from(COMMON * 8 + EDGES + [-3, -1, 3, "", float("nan")])
+EVENT_JSON = st.recursive(
+    EVENT_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+def mostly(usual: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` seven times in eight."""
+    return st.integers(0, 7).flatmap(lambda n: other if n == 0 else usual)
+
+
+ITEM = st.fixed_dictionaries({"n": EVENT_SCALARS}, optional={"m": EVENT_SCALARS, "a": EVENT_JSON})
+PAYLOADS = mostly(
+    st.fixed_dictionaries(
+        {
+            "a": st.one_of(EVENT_SCALARS, st.fixed_dictionaries({"b": EVENT_SCALARS, "n": EVENT_JSON})),
+            "n": EVENT_SCALARS,
+            "items": st.lists(mostly(ITEM, EVENT_JSON), max_size=4),
+        },
+        optional={"b": EVENT_JSON, "m": EVENT_SCALARS},
+    ),
+    EVENT_JSON,
+)
+PATHS = (
+    "$",
+    "$.a",
+    "$.b",
+    "$['n']",
+    "$.a.b",
+    "$.a.n",
+    "$.items",
+    "$.items[*]",
+    "$.items[*].n",
+    "$.items[0]",
+    "$.items[-1]",
+    "$.items[0].n",
+    "$..n",
+    "$.a[*]",
+    "$[*]",
+)
+LITERALS = ("1", "1.0", "0", "-1", "2.5", "true", "false", "null", "'a'", "'b'", "''")
+COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
+BARE = (
+    "$.items[?@.n > 1 && @.m]",
+    "$.items[?@.n]",
+    "$[?match(@, 'a.*')]",
+    "$.items[?search(@.m, 'b')]",
+    "$..[?@.n == 1]",
+    "$.a.b",
+    "$.items[?@.n > 1].m",
+    "$[?@.a == @.b]",
+)
+
+
+@st.composite
+def bare_queries(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return draw(st.sampled_from(BARE))
+    prefix = draw(st.sampled_from(["$.items", "$", "$.a", "$.items[*]"]))
+    relative = draw(st.sampled_from(["@.n", "@", "@.a.b", "@[0]"]))
+    op, literal = draw(st.sampled_from(COMPARISONS)), draw(st.sampled_from(LITERALS))
+    comparison = f"{relative} {op} {literal}" if draw(st.booleans()) else f"{literal} {op} {relative}"
+    return f"{prefix}[?{comparison}]"
+
+
+@st.composite
+def conditions(draw: st.DrawFn) -> dict[str, Any]:
+    op = draw(st.sampled_from(filters.OPERATORS))
+    scalar_paths = ["$['n']", "$.a.b", "$.items[*].n", "$..n", "$.items[0].n"] * 3
+    condition: dict[str, Any] = {"path": draw(st.sampled_from([*PATHS, *scalar_paths])), "op": op}
+    if op in ("in", "nin"):
+        condition["value"] = draw(st.lists(st.one_of(SCALARS, JSON), max_size=4))
+    elif op in ("gt", "gte", "lt", "lte"):
+        condition["value"] = draw(st.sampled_from([0, 1, 1.0, 2, 2.5, -1, "a", "b", "", *EDGES, True, None]))
+    elif op != "exists":
+        condition["value"] = draw(mostly(SCALARS, JSON))
+    return condition
+
+
+@st.composite
+def event_filters(draw: st.DrawFn) -> dict[str, Any] | None:
+    if draw(st.integers(0, 4)) == 0:
+        return None
+    found: dict[str, Any] = {}
+    if draw(st.integers(0, 3)) == 0:
+        found["source"] = draw(st.lists(st.sampled_from(SOURCES), max_size=2))
+    if draw(st.integers(0, 3)) == 0:
+        found["metadata"] = draw(st.dictionaries(st.sampled_from(("tier", "region")), SCALARS, max_size=2))
+    found["payload"] = draw(st.lists(st.one_of(conditions(), bare_queries()), max_size=2))
+    return found
+
+
+@st.composite
+def subscriptions(draw: st.DrawFn) -> Subscription | None:
+    document = {
+        "id": f"s{draw(st.integers(0, 7))}",
+        "client_id": draw(st.sampled_from(("c1", "c1", "c1", "c2"))),
+        "name": "n",
+        "event_type_pattern": draw(st.sampled_from(PATTERNS)),
+        "target": "https://hooks.example.com/in",
+        "pool_code": "p",
+        "active": draw(st.integers(0, 5)) > 0,
+        "filters": draw(event_filters()),
+    }
+    try:
+        return Subscription.model_validate(document)
+    except ValidationError:  # a filter the contract refuses: never held by a matcher
+        return None
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Event:
+    return Event(
+        id="e",
+        type=draw(st.sampled_from(EVENT_TYPES)),
+        client_id=draw(st.sampled_from(("c1", "c1", "c1", "c2"))),
+        source=draw(st.sampled_from((None, *SOURCES))),
+        time=datetime(2025, 1, 1, tzinfo=UTC),
+        data=draw(PAYLOADS),
+        metadata=draw(
+            st.one_of(
+                st.none(), st.fixed_dictionaries({"tier": EVENT_SCALARS}, optional={"region": EVENT_JSON})
+            )
+        ),
+    )
+
+
+Step = tuple[str, Any]
+changes = st.one_of(
+    subscriptions().map(lambda s: ("put", s)),
+    st.integers(0, 7).map(lambda n: ("drop", f"s{n}")),
+)
+steps = st.tuples(
+    st.lists(subscriptions().map(lambda s: ("put", s)), min_size=1, max_size=8),
+    st.lists(
+        st.one_of(changes, events().map(lambda e: ("event", e)), events().map(lambda e: ("event", e))),
+        max_size=12,
+    ),
+    st.lists(events().map(lambda e: ("event", e)), min_size=1, max_size=3),
+).map(lambda parts: parts[0] + parts[1] + parts[2])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=steps)
+def test_the_indexed_matcher_finds_exactly_the_pairs_the_straightforward_one_finds(
+    index_cls: IndexClass, scenario: list[Step]
+) -> None:
+    matcher = SubscriptionMatcher(index_cls)
+    held: dict[str, Subscription] = {}
+    for kind, item in scenario:
+        if kind == "put" and item is not None:
+            matcher.put(item)
+            held[item.id] = item
+        elif kind == "drop":
+            matcher.discard(item)
+            held.pop(item, None)
+        elif kind == "event":
+            matched, failed = matcher.match(item)
+            ids = [s.id for s in matched]
+            assert len(ids) == len(set(ids)), "a subscription is matched once"
+            assert (set(ids), {s.id for s, _ in failed}) == expected(held.values(), item)
+    assert len(matcher) == sum(s.active for s in held.values())
+
+
+@st.composite
+def many_filtered(draw: st.DrawFn) -> list[Subscription]:
+    """Up to 40 subscriptions of one client and pattern, each with one or two
+    payload filters: many pairs per event, so that each kind of condition is
+    found to hold and not to hold."""
+    found = []
+    for number, payload in enumerate(
+        draw(
+            st.lists(
+                st.lists(st.one_of(conditions(), bare_queries()), min_size=1, max_size=2),
+                min_size=10,
+                max_size=40,
+            )
+        )
+    ):
+        with contextlib.suppress(ValidationError):  # a filter the contract refuses
+            found.append(subscription(number, {"payload": payload}))
+    return found
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(held=many_filtered(), events=st.lists(events(), min_size=1, max_size=6))
+def test_many_filters_on_shared_paths_hold_exactly_where_the_straightforward_matcher_says(
+    index_cls: IndexClass, held: list[Subscription], events: list[Event]
+) -> None:
+    matcher = SubscriptionMatcher(index_cls)
+    for subscription in held:
+        matcher.put(subscription)
+    for event in events:
+        if event.client_id != "c1":
+            continue
+        matched, failed = matcher.match(event)
+        assert (sorted(s.id for s in matched), {s.id for s, _ in failed}) == (
+            sorted(expected(held, event)[0]),
+            expected(held, event)[1],
+        )
+
+
+def event(data: object, **fields: Any) -> Event:
+    return Event.model_validate(
+        {
+            "id": "e1",
+            "type": "a:b:c:d",
+            "client_id": "c1",
+            "time": "2025-01-01T00:00:00Z",
+            "data": data,
+            **fields,
+        }
+    )
+
+
+def subscription(number: int, filters: dict[str, Any] | None) -> Subscription:
+    return Subscription.model_validate(
+        {
+            "id": f"s{number}",
+            "client_id": "c1",
+            "name": "n",
+            "event_type_pattern": "a:*:*:*",
+            "target": "https://hooks.example.com/in",
+            "pool_code": "p",
+            "filters": filters,
+        }
+    )
+
+
+def matched_ids(matcher: SubscriptionMatcher, data: object, **fields: Any) -> set[str]:
+    return {s.id for s in matcher.match(event(data, **fields))[0]}
+
+
+def test_each_distinct_query_is_evaluated_once_per_event_however_many_subscriptions_use_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    evaluated: list[str] = []
+    real: Callable[..., list[object]] = filters.select
+
+    def counting(query: Any, data: object) -> list[object]:
+        evaluated.append(str(query))
+        return real(query, data)
+
+    monkeypatch.setattr(predicates, "select", counting)
+    matcher = SubscriptionMatcher()
+    spellings = ("$.items[*].n", "$['items'][*]['n']", '$["items"].*.n')
+    for number in range(300):
+        path = spellings[number % 3]
+        matcher.put(subscription(number, {"payload": [{"path": path, "op": "eq", "value": number % 7}]}))
+    assert matched_ids(matcher, {"items": [{"n": 3}, {"n": 5}]}) == {
+        f"s{n}" for n in range(300) if n % 7 in (3, 5)
+    }
+    assert evaluated == ["$['items'][*]['n']"], "three spellings, one normalized query, one evaluation"
+
+
+def test_a_thousand_values_of_in_and_the_ranges_answer_as_json_equality_and_order_say() -> None:
+    matcher = SubscriptionMatcher()
+    matcher.put(
+        subscription(
+            1, {"payload": [{"path": "$.tier", "op": "in", "value": [f"t{n}" for n in range(100_000)]}]}
+        )
+    )
+    matcher.put(subscription(2, {"payload": [{"path": "$.n", "op": "in", "value": [1, None, True, [1, 2]]}]}))
+    matcher.put(subscription(3, {"payload": [{"path": "$.n", "op": "gte", "value": 2}]}))
+    matcher.put(subscription(4, {"payload": [{"path": "$.n", "op": "lt", "value": "b"}]}))
+    matcher.put(subscription(5, {"payload": [{"path": "$.n", "op": "gt", "value": True}]}))
+    assert matched_ids(matcher, {"tier": "t99999"}) == {"s1"}
+    assert matched_ids(matcher, {"tier": "t100000"}) == set()
+    assert matched_ids(matcher, {"n": 1.0}) == {"s2"}, "1.0 is 1"
+    assert matched_ids(matcher, {"n": True}) == {"s2"}, "true is a member as a boolean, and is not above true"
+    assert matched_ids(matcher, {"n": [1.0, 2]}) == {"s2"}
+    assert matched_ids(matcher, {"n": 2}) == {"s3"}
+    assert matched_ids(matcher, {"n": 2**53 + 1}) == {"s3"}
+    assert matched_ids(matcher, {"n": "a"}) == {"s4"}, "strings are ordered with strings"
+    assert matched_ids(matcher, {"n": False}) == set(), "false is no number"
+
+
+def test_a_range_holds_when_any_of_the_values_selected_is_beyond_its_bound() -> None:
+    matcher = SubscriptionMatcher()
+    for number, (op, bound) in enumerate([("gt", "b"), ("lt", "b"), ("gte", 3), ("lte", 1), ("gt", 3)]):
+        matcher.put(subscription(number, {"payload": [{"path": "$.items[*].n", "op": op, "value": bound}]}))
+    items = {"items": [{"n": "a"}, {"n": "c"}, {"n": 1}, {"n": 3}, {"n": True}]}
+    assert matched_ids(matcher, items) == {"s0", "s1", "s2", "s3"}, (
+        "c > b, a < b, 3 >= 3, 1 <= 1; none above 3"
+    )
+
+
+def test_a_query_that_cannot_be_evaluated_fails_only_the_pairs_that_need_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(filters, "MAX_STEPS", 10_000)
+    matcher = SubscriptionMatcher()
+    wide = {"rows": [[n, n, n] for n in range(10_000)], "tier": "gold"}
+    matcher.put(subscription(1, {"payload": [{"path": "$.rows[*][*]", "op": "eq", "value": -1}]}))
+    matcher.put(
+        subscription(2, {"payload": [{"path": "$.tier", "op": "eq", "value": "gold"}, "$.rows[*][*]"]})
+    )
+    matcher.put(
+        subscription(3, {"payload": [{"path": "$.tier", "op": "eq", "value": "silver"}, "$.rows[*][*]"]})
+    )
+    matcher.put(subscription(4, {"payload": [{"path": "$.tier", "op": "eq", "value": "gold"}]}))
+    matcher.put(subscription(5, None))
+    matched, failed = matcher.match(event(wide))
+    assert {s.id for s in matched} == {"s4", "s5"}
+    assert {s.id: type(error).__name__ for s, error in failed} == {
+        "s1": "FilterBudgetExceeded",
+        "s2": "FilterBudgetExceeded",
+    }, "s3 does not fail: its tier is not silver, whatever the rows hold"
+    assert {s.id for s in matcher.match(event({"rows": [[-1]], "tier": "gold"}))[0]} == {
+        "s1",
+        "s2",
+        "s4",
+        "s5",
+    }
+
+
+def test_a_bare_query_of_one_comparison_is_indexed_as_the_condition_it_is() -> None:
+    found = filters.as_condition(filters.compile_path("$.items[?10 >= @.qty]"))
+    assert found == ("$['items'][*]['qty']", "lte", 10)
+    assert filters.as_condition(filters.compile_path("$.items[?@.on >= true]")) == (
+        "$['items'][*]['on']",
+        "eq",
+        True,
+    ), "RFC 9535's >= is > or ==, and only == holds between booleans"
+    assert filters.as_condition(filters.compile_path("$.items[?@.qty != 1]")) is None, (
+        "!= holds where qty is missing"
+    )
+    assert filters.as_condition(filters.compile_path("$.items[?@.qty > 1].sku")) is None
+    assert isinstance(predicates.bare("$.items[?@.qty > 3]"), predicates.Bound)
+    assert isinstance(predicates.bare("$.items[?@.qty > 3 && @.sku]"), predicates.Exists)
