@@ -34,11 +34,13 @@ class _Entry:
     __slots__ = ("conditions", "rest", "subscription")
 
     def __init__(
-        self, subscription: Subscription, conditions: list[Condition], access: Condition | None
+        self, subscription: Subscription, conditions: list[Condition], owner: Condition | None
     ) -> None:
         self.subscription = subscription
         self.conditions = tuple(conditions)
-        self.rest = tuple(c for c in conditions if c is not access)  # judged once the access condition held
+        # Judged once the access condition held; so is the condition it was
+        # drawn from (``owner``), unless the two are one.
+        self.rest = tuple(c for c in conditions if c is not owner or c.indexed_by() is not c)
 
 
 class _Bounds:
@@ -134,16 +136,16 @@ class _Access:
             yield from bounds.entries
 
 
-def _access_condition(conditions: list[Condition]) -> Condition | None:
-    """The condition to index a subscription by: the first ``eq``/``in`` of
-    scalars (a hash finds the few that hold), else the first range."""
-    for condition in conditions:
-        if type(condition) is OneOf and not condition.containers:  # not NoneOf, its complement
-            return condition
-    for condition in conditions:
-        if isinstance(condition, Bound):
-            return condition
-    return None
+def _access(conditions: list[Condition]) -> tuple[Condition | None, Condition | None]:
+    """The condition to index a subscription by, and the one of its conditions
+    it stands for: an ``eq``/``in`` of scalars first (a hash finds the few that
+    hold), else a range."""
+    for kind in (OneOf, Bound):
+        for owner in conditions:
+            access = owner.indexed_by()
+            if type(access) is kind:
+                return access, owner
+    return None, None
 
 
 class FilterIndex:
@@ -163,8 +165,8 @@ class FilterIndex:
         if not conditions:
             self._unfiltered[subscription.id] = subscription
             return
-        access = _access_condition(conditions)
-        entry = _Entry(subscription, conditions, access)
+        access, owner = _access(conditions)
+        entry = _Entry(subscription, conditions, owner)
         self._entries[subscription.id] = entry, access
         if any(isinstance(c, Never) for c in conditions):
             return  # it never matches: indexed nowhere

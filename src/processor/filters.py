@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import jsonpath_rfc9535
@@ -42,7 +43,7 @@ from jsonpath_rfc9535.filter_expressions import (
 )
 from jsonpath_rfc9535.function_extensions import ExpressionType, FilterFunction
 from jsonpath_rfc9535.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
-from jsonpath_rfc9535.selectors import FilterSelector, IndexSelector, NameSelector
+from jsonpath_rfc9535.selectors import FilterSelector, IndexSelector, NameSelector, WildcardSelector
 
 from processor.iregexp import InvalidIRegexp, Program, program
 
@@ -239,13 +240,21 @@ def _expressions(query: JSONPathQuery) -> Iterator[Expression]:
             pending += expression.args
 
 
-Step = str | int
-"""A name or an index: one segment of a singular query."""
+class Wildcard:
+    """``[*]`` in the steps of a simple query."""
+
+    def __repr__(self) -> str:
+        return "[*]"
 
 
-def singular_steps(query: JSONPathQuery) -> tuple[Step, ...] | None:
-    """The names and indexes of a singular query (``$.order.lines[0]``), which
-    selects one node or none: a walk of a few lookups, without the library."""
+WILDCARD = Wildcard()
+Step = str | int | Wildcard
+"""A name, an index or a wildcard: one segment of a simple query."""
+
+
+def simple_steps(query: JSONPathQuery) -> tuple[Step, ...] | None:
+    """The steps of a query of names, indexes and wildcards (``$.order.lines[*].sku``),
+    which ``walk`` answers without the library; None for any other query."""
     steps: list[Step] = []
     for segment in _segments(query):
         if not isinstance(segment, JSONPathChildSegment) or len(segment.selectors) != 1:
@@ -255,46 +264,121 @@ def singular_steps(query: JSONPathQuery) -> tuple[Step, ...] | None:
             steps.append(selector.name)
         elif isinstance(selector, IndexSelector):
             steps.append(selector.index)
+        elif isinstance(selector, WildcardSelector):
+            steps.append(WILDCARD)
         else:
             return None
     return tuple(steps)
 
 
+def walk(data: object, steps: tuple[Step, ...]) -> list[object]:
+    """What the simple query of ``steps`` selects in ``data``, as jsonpath-rfc9535
+    selects it but several times faster, within a budget of ``MAX_STEPS`` nodes."""
+    nodes = [data]
+    left = MAX_STEPS
+    for step in steps:
+        found: list[object] = []
+        if isinstance(step, str):
+            for node in nodes:
+                if isinstance(node, dict) and step in node:
+                    found.append(node[step])
+        elif isinstance(step, int):
+            for node in nodes:
+                if isinstance(node, list) and -len(node) <= step < len(node):
+                    found.append(node[step])
+        else:
+            for node in nodes:
+                if isinstance(node, dict):
+                    found += node.values()
+                elif isinstance(node, list):
+                    found += node
+        left -= len(found)
+        if left < 0:
+            raise FilterBudgetExceeded(f"the query selected more than {MAX_STEPS} nodes on this event")
+        nodes = found
+    return nodes
+
+
 _CONDITION_OPS: dict[str, Operator] = {"==": "eq", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
-_MIRRORED = {"==": "==", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
-def as_condition(query: JSONPathQuery) -> tuple[str, Operator, object] | None:
-    """The payload condition a bare query is, when it is one, else None.
+def contract_op(rfc_operator: str, value: object) -> Operator | None:
+    """The payload condition's operator that a comparison of a value with the
+    literal ``value`` is, if any: ``>=`` is ``gte``, but ``>= true`` is ``eq``,
+    since RFC 9535's ``>=`` is ``>`` or ``==`` and ``>`` orders no booleans nor nulls."""
+    if rfc_operator in ("<=", ">=") and (value is None or isinstance(value, bool)):
+        return "eq"
+    return _CONDITION_OPS.get(rfc_operator)
 
-    A query ending in a filter that compares a singular relative query with a
-    literal selects something exactly when some child of what precedes the
-    filter has, at that relative path, a value the comparison holds for:
-    ``$.items[?@.qty > 3]`` is ``$.items[*].qty`` with ``gt 3``, which the
-    matcher can index. ``!=`` is left to the library: it also holds where the
-    value is missing."""
+
+@dataclass(frozen=True, slots=True)
+class ChildTest:
+    """One test a filter makes of each child: at the singular ``relative`` path
+    (``"['qty']"``; ``""`` for ``@`` itself), an RFC 9535 comparison operator
+    with the literal ``value``, or ``exists``, or ``absent`` (``!@.qty``)."""
+
+    relative: str
+    steps: tuple[Step, ...]
+    op: str
+    value: object = None
+
+
+def child_filter(query: JSONPathQuery) -> tuple[str, tuple[ChildTest, ...]] | None:
+    """``(prefix, tests)`` when ``query`` ends in a filter whose expression is
+    comparisons of singular relative queries with literals, and existence tests,
+    joined by ``&&``: it then selects something exactly when some child of what
+    ``prefix`` selects passes every test. So ``$.items[?@.qty > 3]`` is the
+    condition ``gt 3`` on ``$.items[*].qty``, which the matcher can index."""
     segments = _segments(query)
     if not segments or not isinstance(segments[-1], JSONPathChildSegment) or len(segments[-1].selectors) != 1:
         return None
     selector = segments[-1].selectors[0]
-    comparison = selector.expression.expression if isinstance(selector, FilterSelector) else None
-    if not isinstance(comparison, ComparisonExpression):
+    if not isinstance(selector, FilterSelector):
         return None
-    left, operator, right = comparison.left, comparison.operator, comparison.right
+    tests: list[ChildTest] = []
+    pending: list[Expression] = [selector.expression.expression]
+    while pending:
+        expression = pending.pop()
+        if isinstance(expression, LogicalExpression) and expression.operator == "&&":
+            pending += (expression.right, expression.left)
+            continue
+        test = _child_test(expression)
+        if test is None:
+            return None
+        tests.append(test)
+    return "$" + "".join(map(str, segments[:-1])), tuple(tests)
+
+
+def _child_test(expression: Expression) -> ChildTest | None:
+    if isinstance(expression, PrefixExpression) and expression.operator == "!":
+        inner = _child_test(expression.right)
+        return (
+            None
+            if inner is None or inner.op != "exists"
+            else ChildTest(inner.relative, inner.steps, "absent")
+        )
+    if isinstance(expression, RelativeFilterQuery):
+        steps = _singular(expression.query)
+        if not steps:  # @ alone always exists; jsonpath-rfc9535 takes its value for a truth
+            return None
+        return ChildTest(str(expression.query)[1:], steps, "exists")
+    if not isinstance(expression, ComparisonExpression):
+        return None
+    left, operator, right = expression.left, expression.operator, expression.right
     if isinstance(left, FilterExpressionLiteral):
         left, operator, right = right, _MIRRORED.get(operator, operator), left
-    if (
-        operator not in _CONDITION_OPS
-        or not isinstance(left, RelativeFilterQuery)
-        or not isinstance(right, FilterExpressionLiteral)
-        or singular_steps(left.query) is None
-    ):
+    if not isinstance(left, RelativeFilterQuery) or not isinstance(right, FilterExpressionLiteral):
         return None
-    value = right.value
-    if operator in ("<=", ">=") and (value is None or isinstance(value, bool)):
-        operator = "=="  # RFC 9535's <= is < or ==, and < orders no booleans nor nulls
-    prefix = "$" + "".join(map(str, segments[:-1]))
-    return f"{prefix}[*]{str(left.query)[1:]}", _CONDITION_OPS[operator], value
+    steps = _singular(left.query)
+    if steps is None or operator not in _MIRRORED:
+        return None
+    return ChildTest(str(left.query)[1:], steps, operator, right.value)
+
+
+def _singular(query: JSONPathQuery) -> tuple[Step, ...] | None:
+    steps = simple_steps(query)
+    return None if steps is None or WILDCARD in steps else steps
 
 
 def select(query: JSONPathQuery, data: object) -> list[object]:

@@ -17,12 +17,22 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 from jsonpath_rfc9535 import JSONPathQuery
 
-from processor.filters import Operator, Step, as_condition, compile_path, json_equal, select, singular_steps
+from processor.filters import (
+    ChildTest,
+    Operator,
+    child_filter,
+    compile_path,
+    contract_op,
+    json_equal,
+    select,
+    simple_steps,
+    walk,
+)
 from processor.models import Event, EventFilters
 
 # Keys of the JSON values that Python's own equality would confuse with numbers.
@@ -48,9 +58,10 @@ class Selection:
     to nothing (NaN, or not JSON), the smallest and largest number and string;
     or the error that stopped the selecting."""
 
-    __slots__ = ("containers", "count", "error", "first", "high", "keys", "last", "low", "unequal")
+    __slots__ = ("containers", "count", "error", "first", "high", "keys", "last", "low", "unequal", "values")
 
-    def __init__(self, values: Iterable[object] = (), error: Exception | None = None) -> None:
+    def __init__(self, values: Sequence[object] = (), error: Exception | None = None) -> None:
+        self.values = values
         keys: set[Hashable] = set()
         containers: list[object] = []
         unequal = False
@@ -116,27 +127,15 @@ class _Path(Selector):
     def __init__(self, query: JSONPathQuery) -> None:
         super().__init__(str(query))
         self._query = query
-        self._steps = singular_steps(query)
+        self._steps = simple_steps(query)
 
     def select(self, event: Event) -> Selection:
-        if self._steps is None:
-            try:
+        try:
+            if self._steps is None:
                 return Selection(select(self._query, event.data))
-            except Exception as error:  # whatever stops a query fails the pairs that need it
-                return Selection(error=error)
-        return Selection(_walk(event.data, self._steps))
-
-
-def _walk(data: object, steps: tuple[Step, ...]) -> tuple[object, ...]:
-    """What a singular query selects, as jsonpath-rfc9535 would select it."""
-    for step in steps:
-        if isinstance(step, str):
-            if not isinstance(data, dict) or step not in data:
-                return ()
-        elif not isinstance(data, list) or not -len(data) <= step < len(data):
-            return ()
-        data = data[step]  # type: ignore[index]
-    return (data,)
+            return Selection(walk(event.data, self._steps))
+        except Exception as error:  # whatever stops a query fails the pairs that need it
+            return Selection(error=error)
 
 
 class _Source(Selector):
@@ -193,6 +192,11 @@ class Condition:
     def holds(self, selection: Selection) -> bool:
         raise NotImplementedError
 
+    def indexed_by(self) -> Condition | None:
+        """A condition that holds whenever this one does, and that an index
+        can find the holders of (``eq``/``in`` by hash, ranges by bisection)."""
+        return None
+
 
 class Never(Condition):
     """A comparison no value satisfies: ``gt`` a boolean, ``in`` nothing."""
@@ -227,6 +231,9 @@ class OneOf(Condition):
             return True
         return any(json_equal(found, value) for found in selection.containers for value in self.containers)
 
+    def indexed_by(self) -> Condition | None:
+        return None if self.containers else self
+
 
 class NoneOf(OneOf):
     """``ne`` and ``nin``: some value is equal to none of ``values``."""
@@ -239,6 +246,9 @@ class NoneOf(OneOf):
         return any(
             not any(json_equal(found, value) for value in self.containers) for found in selection.containers
         )
+
+    def indexed_by(self) -> Condition | None:
+        return None  # the values it holds for are all but a few
 
 
 class Bound(Condition):
@@ -264,6 +274,53 @@ class Bound(Condition):
         extreme = selection.extreme(self.text, self.upper)
         return extreme is not None and self.compare(extreme, self.value)
 
+    def indexed_by(self) -> Condition | None:
+        return self
+
+
+class SomeChild(Condition):
+    """A bare query that ends in a filter of ``&&``-joined tests: some child of
+    what precedes the filter passes every test. Its ``access``, if it has one,
+    is what one of its comparisons makes of the values at that relative path
+    (``@.sku == 'K1'`` is ``eq 'K1'`` on ``$.items[*].sku``), which holds
+    whenever it does."""
+
+    __slots__ = ("access", "tests")
+
+    def __init__(self, selector: Selector, tests: Sequence[ChildTest], access: Condition | None) -> None:
+        super().__init__(selector)
+        self.tests = tuple(tests)
+        self.access = access
+
+    def holds(self, selection: Selection) -> bool:
+        return any(all(_passes(test, child) for test in self.tests) for child in selection.values)
+
+    def indexed_by(self) -> Condition | None:
+        return self.access
+
+
+def _passes(test: ChildTest, child: object) -> bool:
+    """RFC 9535's comparison of the value at ``test``'s relative path with its literal."""
+    found = walk(child, test.steps)
+    if test.op in ("exists", "absent"):
+        return bool(found) == (test.op == "exists")
+    equal = bool(found) and json_equal(found[0], test.value)
+    if test.op in ("==", "!="):
+        return equal == (test.op == "==")
+    if not found:
+        return False
+    value, bound = found[0], test.value
+    comparable = (isinstance(value, str) and isinstance(bound, str)) or (
+        _is_number(value) and _is_number(bound)
+    )
+    if test.op in ("<", "<="):
+        return (comparable and value < bound) or (test.op == "<=" and equal)  # type: ignore[operator]
+    return (comparable and value > bound) or (test.op == ">=" and equal)  # type: ignore[operator]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 def condition(selector: Selector, op: Operator, value: object) -> Condition:
     """The condition ``{"op": op, "value": value}`` on ``selector``, as the data
@@ -277,23 +334,39 @@ def condition(selector: Selector, op: Operator, value: object) -> Condition:
         if op == "in" and not value:
             return Never(selector)
         return (OneOf if op == "in" else NoneOf)(selector, value)
-    if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
-        return Bound(selector, op, value)
+    if isinstance(value, str) or _is_number(value):
+        return Bound(selector, op, value)  # type: ignore[arg-type]
     return Never(selector)  # numbers and strings are ordered, nothing else
 
 
 def bare(expression: str) -> Condition:
-    """A bare query: true when it selects anything. One that is a condition in
-    disguise (``processor.filters.as_condition``) becomes that condition."""
-    query = compile_path(expression)
-    found = as_condition(query)
-    if found is not None:
-        rewritten, op, value = found
-        try:
-            return condition(path(rewritten), op, value)
-        except ValueError:  # longer than the longest path allowed, say: asked as it was written
-            pass
-    return Exists(path(expression))
+    """A bare query: true when it selects anything. One that ends in a filter of
+    tests (``processor.filters.child_filter``) is judged child by child, and
+    indexed by one of its comparisons; one of a single comparison is exactly
+    the condition that comparison makes on the values at its relative path."""
+    found = child_filter(compile_path(expression))
+    if found is None:
+        return Exists(path(expression))
+    prefix, tests = found
+    implied = [_implied(prefix, test) for test in tests]
+    if len(tests) == 1 and implied[0] is not None:
+        return implied[0]
+    indexable = [c.indexed_by() for c in implied if c is not None]
+    access = next((c for kind in (OneOf, Bound) for c in indexable if type(c) is kind), None)
+    return SomeChild(path(f"{prefix}[*]"), tests, access)
+
+
+def _implied(prefix: str, test: ChildTest) -> Condition | None:
+    """The condition on the values at ``test``'s relative path below every
+    child that holds exactly when some child passes ``test``, if there is one."""
+    op = "exists" if test.op == "exists" else contract_op(test.op, test.value)
+    if op is None:
+        return None
+    try:
+        selector = path(f"{prefix}[*]{test.relative}")
+    except ValueError:  # longer than the longest path allowed, say
+        return None
+    return condition(selector, op, test.value)
 
 
 def conditions(filters: EventFilters | None) -> list[Condition]:

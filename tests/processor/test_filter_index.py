@@ -92,6 +92,12 @@ LITERALS = ("1", "1.0", "0", "-1", "2.5", "true", "false", "null", "'a'", "'b'",
 COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
 BARE = (
     "$.items[?@.n > 1 && @.m]",
+    "$.items[?@.n == 1 && @.m != 'a']",
+    "$.items[?@.m == 'a' && @.n >= 1 && !@.a]",
+    "$.items[?!@.m]",
+    "$.items[?(@.n < 2 && @.m) && @.n != 0]",
+    "$.items[?@.n > 0 || @.m == 'b']",
+    "$[?@.b == 1 && @.n]",
     "$.items[?@.n]",
     "$[?match(@, 'a.*')]",
     "$.items[?search(@.m, 'b')]",
@@ -103,14 +109,22 @@ BARE = (
 
 
 @st.composite
+def comparisons(draw: st.DrawFn) -> str:
+    relative = draw(st.sampled_from(["@.n", "@", "@.a.b", "@[0]", "@.m"]))
+    op, literal = draw(st.sampled_from(COMPARISONS)), draw(st.sampled_from(LITERALS))
+    if relative != "@" and draw(st.integers(0, 4)) == 0:
+        return draw(st.sampled_from(["", "!"])) + relative  # an existence test
+    return f"{relative} {op} {literal}" if draw(st.booleans()) else f"{literal} {op} {relative}"
+
+
+@st.composite
 def bare_queries(draw: st.DrawFn) -> str:
-    if draw(st.booleans()):
+    kind = draw(st.integers(0, 2))
+    if kind == 0:
         return draw(st.sampled_from(BARE))
     prefix = draw(st.sampled_from(["$.items", "$", "$.a", "$.items[*]"]))
-    relative = draw(st.sampled_from(["@.n", "@", "@.a.b", "@[0]"]))
-    op, literal = draw(st.sampled_from(COMPARISONS)), draw(st.sampled_from(LITERALS))
-    comparison = f"{relative} {op} {literal}" if draw(st.booleans()) else f"{literal} {op} {relative}"
-    return f"{prefix}[?{comparison}]"
+    tests = draw(st.lists(comparisons(), min_size=1, max_size=1 if kind == 1 else 3))
+    return f"{prefix}[?{' && '.join(tests)}]"
 
 
 @st.composite
@@ -293,14 +307,14 @@ def test_each_distinct_query_is_evaluated_once_per_event_however_many_subscripti
 
     monkeypatch.setattr(predicates, "select", counting)
     matcher = SubscriptionMatcher()
-    spellings = ("$.items[*].n", "$['items'][*]['n']", '$["items"].*.n')
+    spellings = ("$..n", "$..['n']", '$..["n"]')  # one the library evaluates, not a walk of names
     for number in range(300):
         path = spellings[number % 3]
         matcher.put(subscription(number, {"payload": [{"path": path, "op": "eq", "value": number % 7}]}))
-    assert matched_ids(matcher, {"items": [{"n": 3}, {"n": 5}]}) == {
+    assert matched_ids(matcher, {"items": [{"n": 3}, {"m": {"n": 5}}]}) == {
         f"s{n}" for n in range(300) if n % 7 in (3, 5)
     }
-    assert evaluated == ["$['items'][*]['n']"], "three spellings, one normalized query, one evaluation"
+    assert evaluated == ["$..['n']"], "three spellings, one normalized query, one evaluation"
 
 
 def test_a_thousand_values_of_in_and_the_ranges_answer_as_json_equality_and_order_say() -> None:
@@ -335,6 +349,21 @@ def test_a_range_holds_when_any_of_the_values_selected_is_beyond_its_bound() -> 
     )
 
 
+def test_a_filter_of_several_tests_holds_when_one_child_passes_them_all() -> None:
+    matcher = SubscriptionMatcher()
+    queries = [
+        "$.items[?@.n <= 1 && @.m >= 'a']",
+        "$.items[?@.on >= true && @.on <= true]",
+        "$.items[?@.n == 1 && @.m == 'b']",
+        "$.items[?@.n != 1 && !@.m]",
+    ]
+    for number, query in enumerate(queries):
+        matcher.put(subscription(number, {"payload": [query]}))
+    assert matched_ids(matcher, {"items": [{"n": 1, "m": "a", "on": True}]}) == {"s0", "s1"}
+    assert matched_ids(matcher, {"items": [{"n": 1}, {"m": "b"}]}) == set(), "no one child passes both"
+    assert matched_ids(matcher, {"items": [{"n": 2, "m": "b"}, {"x": 1}]}) == {"s3"}, "n is missing: != holds"
+
+
 def test_a_query_that_cannot_be_evaluated_fails_only_the_pairs_that_need_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -365,16 +394,28 @@ def test_a_query_that_cannot_be_evaluated_fails_only_the_pairs_that_need_it(
 
 
 def test_a_bare_query_of_one_comparison_is_indexed_as_the_condition_it_is() -> None:
-    found = filters.as_condition(filters.compile_path("$.items[?10 >= @.qty]"))
-    assert found == ("$['items'][*]['qty']", "lte", 10)
-    assert filters.as_condition(filters.compile_path("$.items[?@.on >= true]")) == (
-        "$['items'][*]['on']",
-        "eq",
-        True,
-    ), "RFC 9535's >= is > or ==, and only == holds between booleans"
-    assert filters.as_condition(filters.compile_path("$.items[?@.qty != 1]")) is None, (
+    one = predicates.bare("$.items[?10 >= @.qty]")
+    assert isinstance(one, predicates.Bound) and (one.selector.key, one.op, one.value) == (
+        "$['items'][*]['qty']",
+        "lte",
+        10,
+    )
+    same = predicates.bare("$.items[?@.on >= true]")
+    assert isinstance(same, predicates.OneOf) and same.selector.key == "$['items'][*]['on']", (
+        "RFC 9535's >= is > or ==, and only == holds between booleans"
+    )
+    assert isinstance(predicates.bare("$.items[?@.qty]"), predicates.Exists)
+    unequal = predicates.bare("$.items[?@.qty != 1]")
+    assert isinstance(unequal, predicates.SomeChild) and unequal.indexed_by() is None, (
         "!= holds where qty is missing"
     )
-    assert filters.as_condition(filters.compile_path("$.items[?@.qty > 1].sku")) is None
-    assert isinstance(predicates.bare("$.items[?@.qty > 3]"), predicates.Bound)
-    assert isinstance(predicates.bare("$.items[?@.qty > 3 && @.sku]"), predicates.Exists)
+    both = predicates.bare("$.items[?@.qty > 1 && @.sku == 'K1']")
+    assert isinstance(both, predicates.SomeChild) and isinstance(both.indexed_by(), predicates.OneOf), (
+        "judged child by child, found by its sku"
+    )
+    assert isinstance(predicates.bare("$.items[?@.qty > 1].sku"), predicates.Exists), (
+        "not a filter at the end"
+    )
+    assert isinstance(predicates.bare("$.items[?@.qty > 1 || @.sku]"), predicates.Exists), (
+        "|| is the library's"
+    )
