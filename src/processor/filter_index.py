@@ -38,9 +38,9 @@ class _Entry:
     ) -> None:
         self.subscription = subscription
         self.conditions = tuple(conditions)
-        # Judged once the access condition held; so is the condition it was
-        # drawn from (``owner``), unless the two are one.
-        self.rest = tuple(c for c in conditions if c is not owner or c.indexed_by() is not c)
+        # Judged once an access condition held; so is the condition they were
+        # drawn from (``owner``), unless it is its own access condition.
+        self.rest = tuple(c for c in conditions if c is not owner or c.indexed_by() != [c])
 
 
 class _Bounds:
@@ -108,8 +108,10 @@ class _Access:
             return
         assert isinstance(condition, OneOf)
         for key in condition.keys:
-            entries = self.equal[key]
-            del entries[entry.subscription.id]
+            entries = self.equal.get(key)
+            if entries is None:  # removed already: two alternatives of a query may ask the same
+                continue
+            entries.pop(entry.subscription.id, None)
             if not entries:
                 del self.equal[key]
 
@@ -126,33 +128,30 @@ class _Access:
                 into.update((entry.subscription.id, entry) for entry in bounds.holding(extreme))
 
     def entries(self) -> Iterator[_Entry]:
-        seen: set[str] = set()
+        """Every entry indexed here, some more than once."""
         for found in self.equal.values():
-            for entry in found.values():
-                if entry.subscription.id not in seen:
-                    seen.add(entry.subscription.id)
-                    yield entry
+            yield from found.values()
         for bounds in self.bounds.values():
             yield from bounds.entries
 
 
-def _access(conditions: list[Condition]) -> tuple[Condition | None, Condition | None]:
-    """The condition to index a subscription by, and the one of its conditions
-    it stands for: an ``eq``/``in`` of scalars first (a hash finds the few that
-    hold), else a range."""
-    for kind in (OneOf, Bound):
+def _access(conditions: list[Condition]) -> tuple[list[Condition], Condition | None]:
+    """The conditions to index a subscription by (one of them holds whenever
+    it matches), and the one of its conditions they stand for: an ``eq``/``in``
+    of scalars first (a hash finds the few that hold), else a range."""
+    for kinds in ({OneOf}, {OneOf, Bound}):
         for owner in conditions:
             access = owner.indexed_by()
-            if type(access) is kind:
+            if access and all(type(c) in kinds for c in access):
                 return access, owner
-    return None, None
+    return [], None
 
 
 class FilterIndex:
     """The subscriptions of one client that share one pattern, by their filters."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[_Entry, Condition | None]] = {}
+        self._entries: dict[str, tuple[_Entry, list[Condition]]] = {}
         self._unfiltered: dict[str, Subscription] = {}
         self._judged: dict[str, _Entry] = {}  # no access condition: judged on every event
         self._access: dict[Selector, _Access] = {}
@@ -165,18 +164,19 @@ class FilterIndex:
         if not conditions:
             self._unfiltered[subscription.id] = subscription
             return
+        if any(isinstance(c, Never) for c in conditions):
+            self._entries[subscription.id] = _Entry(subscription, conditions, None), []
+            return  # it never matches: indexed nowhere
         access, owner = _access(conditions)
         entry = _Entry(subscription, conditions, owner)
         self._entries[subscription.id] = entry, access
-        if any(isinstance(c, Never) for c in conditions):
-            return  # it never matches: indexed nowhere
-        if access is None:
+        if not access:
             self._judged[subscription.id] = entry
-            return
-        index = self._access.get(access.selector)
-        if index is None:
-            index = self._access[access.selector] = _Access()
-        index.add(access, entry)
+        for condition in access:
+            index = self._access.get(condition.selector)
+            if index is None:
+                index = self._access[condition.selector] = _Access()
+            index.add(condition, entry)
 
     def remove(self, subscription_id: str) -> None:
         if self._unfiltered.pop(subscription_id, None) is not None:
@@ -186,27 +186,30 @@ class FilterIndex:
             return
         entry, access = held
         self._judged.pop(subscription_id, None)
-        if access is not None and not any(isinstance(c, Never) for c in entry.conditions):
-            index = self._access[access.selector]
-            index.remove(access, entry)
+        for condition in access:
+            index = self._access[condition.selector]
+            index.remove(condition, entry)
             if not index.size:
-                del self._access[access.selector]
+                del self._access[condition.selector]
 
     def match(self, selections: Selections, matched: Matched, failed: Failed) -> None:
         """Append to ``matched`` the subscriptions whose filters hold for the
         event of ``selections``, and to ``failed`` those that could not be judged."""
         matched.extend(self._unfiltered.values())
+        if not self._entries:
+            return
         candidates: dict[str, _Entry] = {}
+        unsure: dict[str, _Entry] = {}  # an access condition could not be judged: all their conditions are
         for selector, index in self._access.items():
             selection = selections[selector]
             if selection.error is None:
                 index.collect(selection, candidates)
-                continue
-            for entry in index.entries():  # their access condition could not be judged: the rest decide
-                _judge(entry, entry.conditions, selections, matched, failed)
-        for entry in candidates.values():
-            _judge(entry, entry.rest, selections, matched, failed)
-        for entry in self._judged.values():
+            else:
+                unsure.update((entry.subscription.id, entry) for entry in index.entries())
+        for key, entry in candidates.items():
+            if key not in unsure:
+                _judge(entry, entry.rest, selections, matched, failed)
+        for entry in (*unsure.values(), *self._judged.values()):
             _judge(entry, entry.conditions, selections, matched, failed)
 
 

@@ -324,30 +324,42 @@ class ChildTest:
     value: object = None
 
 
-def child_filter(query: JSONPathQuery) -> tuple[str, tuple[ChildTest, ...]] | None:
-    """``(prefix, tests)`` when ``query`` ends in a filter whose expression is
-    comparisons of singular relative queries with literals, and existence tests,
-    joined by ``&&``: it then selects something exactly when some child of what
-    ``prefix`` selects passes every test. So ``$.items[?@.qty > 3]`` is the
-    condition ``gt 3`` on ``$.items[*].qty``, which the matcher can index."""
+Conjunction = tuple[ChildTest, ...]
+
+
+def child_filter(query: JSONPathQuery) -> tuple[str, tuple[Conjunction, ...]] | None:
+    """``(prefix, alternatives)`` when ``query`` ends in a filter whose
+    expression is ``||``-joined alternatives, each comparisons of singular
+    relative queries with literals and existence tests joined by ``&&``. It
+    then selects something exactly when, for some alternative, some child of
+    what ``prefix`` selects passes each of its tests ("some child" distributes
+    over "or"). So ``$.items[?@.qty > 3]`` is the condition ``gt 3`` on
+    ``$.items[*].qty``, which the matcher can index."""
     segments = _segments(query)
     if not segments or not isinstance(segments[-1], JSONPathChildSegment) or len(segments[-1].selectors) != 1:
         return None
     selector = segments[-1].selectors[0]
     if not isinstance(selector, FilterSelector):
         return None
-    tests: list[ChildTest] = []
-    pending: list[Expression] = [selector.expression.expression]
-    while pending:
-        expression = pending.pop()
-        if isinstance(expression, LogicalExpression) and expression.operator == "&&":
-            pending += (expression.right, expression.left)
-            continue
-        test = _child_test(expression)
-        if test is None:
+    alternatives = []
+    for alternative in _joined(selector.expression.expression, "||"):
+        tests = [_child_test(expression) for expression in _joined(alternative, "&&")]
+        if None in tests:
             return None
-        tests.append(test)
-    return "$" + "".join(map(str, segments[:-1])), tuple(tests)
+        alternatives.append(tuple(t for t in tests if t is not None))
+    return "$" + "".join(map(str, segments[:-1])), tuple(alternatives)
+
+
+def _joined(expression: Expression, operator: str) -> list[Expression]:
+    """The operands of ``expression`` as a chain of ``operator``, however parenthesized."""
+    operands, pending = [], [expression]
+    while pending:
+        found = pending.pop()
+        if isinstance(found, LogicalExpression) and found.operator == operator:
+            pending += (found.right, found.left)
+        else:
+            operands.append(found)
+    return operands
 
 
 def _child_test(expression: Expression) -> ChildTest | None:

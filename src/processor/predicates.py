@@ -24,6 +24,7 @@ from jsonpath_rfc9535 import JSONPathQuery
 
 from processor.filters import (
     ChildTest,
+    Conjunction,
     Operator,
     child_filter,
     compile_path,
@@ -34,6 +35,8 @@ from processor.filters import (
     walk,
 )
 from processor.models import Event, EventFilters
+
+MAX_INDEXED_VALUES = 64  # of an ``in`` condition that the filter index looks up by value
 
 # Keys of the JSON values that Python's own equality would confuse with numbers.
 _TRUE, _FALSE, _NULL = ("true",), ("false",), ("null",)
@@ -192,10 +195,11 @@ class Condition:
     def holds(self, selection: Selection) -> bool:
         raise NotImplementedError
 
-    def indexed_by(self) -> Condition | None:
-        """A condition that holds whenever this one does, and that an index
-        can find the holders of (``eq``/``in`` by hash, ranges by bisection)."""
-        return None
+    def indexed_by(self) -> list[Condition]:
+        """Conditions one of which holds whenever this one does, each of a kind
+        an index can find the holders of (``eq``/``in`` by hash, ranges by
+        bisection); none if there are no such conditions."""
+        return []
 
 
 class Never(Condition):
@@ -231,8 +235,10 @@ class OneOf(Condition):
             return True
         return any(json_equal(found, value) for found in selection.containers for value in self.containers)
 
-    def indexed_by(self) -> Condition | None:
-        return None if self.containers else self
+    def indexed_by(self) -> list[Condition]:
+        # Indexed under each of its values: a long list would cost the index a
+        # hash table per value, and is checked by one lookup anyway.
+        return [] if self.containers or len(self.keys) > MAX_INDEXED_VALUES else [self]
 
 
 class NoneOf(OneOf):
@@ -247,8 +253,8 @@ class NoneOf(OneOf):
             not any(json_equal(found, value) for value in self.containers) for found in selection.containers
         )
 
-    def indexed_by(self) -> Condition | None:
-        return None  # the values it holds for are all but a few
+    def indexed_by(self) -> list[Condition]:
+        return []  # the values it holds for are all but a few
 
 
 class Bound(Condition):
@@ -274,28 +280,35 @@ class Bound(Condition):
         extreme = selection.extreme(self.text, self.upper)
         return extreme is not None and self.compare(extreme, self.value)
 
-    def indexed_by(self) -> Condition | None:
-        return self
+    def indexed_by(self) -> list[Condition]:
+        return [self]
 
 
 class SomeChild(Condition):
-    """A bare query that ends in a filter of ``&&``-joined tests: some child of
-    what precedes the filter passes every test. Its ``access``, if it has one,
-    is what one of its comparisons makes of the values at that relative path
-    (``@.sku == 'K1'`` is ``eq 'K1'`` on ``$.items[*].sku``), which holds
-    whenever it does."""
+    """A bare query that ends in a filter of tests: for one of its
+    alternatives (``||``), some child of what precedes the filter passes each
+    of that alternative's tests (``&&``). It is indexed by what one comparison
+    of each alternative makes of the values at its relative path (``@.sku ==
+    'K1'`` is ``eq 'K1'`` on ``$.items[*].sku``): one of those holds whenever
+    it does."""
 
-    __slots__ = ("access", "tests")
+    __slots__ = ("access", "alternatives")
 
-    def __init__(self, selector: Selector, tests: Sequence[ChildTest], access: Condition | None) -> None:
+    def __init__(
+        self, selector: Selector, alternatives: Sequence[Conjunction], access: list[Condition]
+    ) -> None:
         super().__init__(selector)
-        self.tests = tuple(tests)
+        self.alternatives = tuple(alternatives)
         self.access = access
 
     def holds(self, selection: Selection) -> bool:
-        return any(all(_passes(test, child) for test in self.tests) for child in selection.values)
+        return any(
+            all(_passes(test, child) for test in tests)
+            for tests in self.alternatives
+            for child in selection.values
+        )
 
-    def indexed_by(self) -> Condition | None:
+    def indexed_by(self) -> list[Condition]:
         return self.access
 
 
@@ -342,18 +355,29 @@ def condition(selector: Selector, op: Operator, value: object) -> Condition:
 def bare(expression: str) -> Condition:
     """A bare query: true when it selects anything. One that ends in a filter of
     tests (``processor.filters.child_filter``) is judged child by child, and
-    indexed by one of its comparisons; one of a single comparison is exactly
-    the condition that comparison makes on the values at its relative path."""
+    indexed by one comparison of each alternative; one of a single comparison
+    is exactly the condition that comparison makes on the values at its
+    relative path."""
     found = child_filter(compile_path(expression))
     if found is None:
         return Exists(path(expression))
-    prefix, tests = found
-    implied = [_implied(prefix, test) for test in tests]
-    if len(tests) == 1 and implied[0] is not None:
-        return implied[0]
-    indexable = [c.indexed_by() for c in implied if c is not None]
-    access = next((c for kind in (OneOf, Bound) for c in indexable if type(c) is kind), None)
-    return SomeChild(path(f"{prefix}[*]"), tests, access)
+    prefix, alternatives = found
+    if len(alternatives) == 1 and len(alternatives[0]) == 1:
+        exact = _implied(prefix, alternatives[0][0])
+        if exact is not None:
+            return exact
+    access: list[Condition] = []
+    for tests in alternatives:
+        indexable: list[Condition] = []
+        for test in tests:
+            implied = _implied(prefix, test)
+            indexable += [] if implied is None else implied.indexed_by()
+        best = next((c for kind in (OneOf, Bound) for c in indexable if type(c) is kind), None)
+        if best is None:  # an alternative no index can find: judged on every event
+            access = []
+            break
+        access.append(best)
+    return SomeChild(path(f"{prefix}[*]"), alternatives, access)
 
 
 def _implied(prefix: str, test: ChildTest) -> Condition | None:

@@ -97,6 +97,8 @@ BARE = (
     "$.items[?!@.m]",
     "$.items[?(@.n < 2 && @.m) && @.n != 0]",
     "$.items[?@.n > 0 || @.m == 'b']",
+    "$.items[?(@.n > 0 || @.m == 'b') && @.a]",
+    "$.items[?@.n == 0 || @.n == 1 && @.m || !@.a]",
     "$[?@.b == 1 && @.n]",
     "$.items[?@.n]",
     "$[?match(@, 'a.*')]",
@@ -123,8 +125,9 @@ def bare_queries(draw: st.DrawFn) -> str:
     if kind == 0:
         return draw(st.sampled_from(BARE))
     prefix = draw(st.sampled_from(["$.items", "$", "$.a", "$.items[*]"]))
-    tests = draw(st.lists(comparisons(), min_size=1, max_size=1 if kind == 1 else 3))
-    return f"{prefix}[?{' && '.join(tests)}]"
+    tests = draw(st.lists(comparisons(), min_size=1, max_size=1 if kind == 1 else 4))
+    joined = "".join(f" {draw(st.sampled_from(['&&', '||']))} {test}" for test in tests[1:])
+    return f"{prefix}[?{tests[0]}{joined}]"
 
 
 @st.composite
@@ -337,6 +340,7 @@ def test_a_thousand_values_of_in_and_the_ranges_answer_as_json_equality_and_orde
     assert matched_ids(matcher, {"n": 2**53 + 1}) == {"s3"}
     assert matched_ids(matcher, {"n": "a"}) == {"s4"}, "strings are ordered with strings"
     assert matched_ids(matcher, {"n": False}) == set(), "false is no number"
+    assert matcher.match(event({"tier": "t5"}))[0][0].id == "s1", "a long list is checked, not indexed"
 
 
 def test_a_range_holds_when_any_of_the_values_selected_is_beyond_its_bound() -> None:
@@ -406,16 +410,19 @@ def test_a_bare_query_of_one_comparison_is_indexed_as_the_condition_it_is() -> N
     )
     assert isinstance(predicates.bare("$.items[?@.qty]"), predicates.Exists)
     unequal = predicates.bare("$.items[?@.qty != 1]")
-    assert isinstance(unequal, predicates.SomeChild) and unequal.indexed_by() is None, (
+    assert isinstance(unequal, predicates.SomeChild) and unequal.indexed_by() == [], (
         "!= holds where qty is missing"
     )
     both = predicates.bare("$.items[?@.qty > 1 && @.sku == 'K1']")
-    assert isinstance(both, predicates.SomeChild) and isinstance(both.indexed_by(), predicates.OneOf), (
-        "judged child by child, found by its sku"
-    )
+    assert isinstance(both, predicates.SomeChild) and [type(c) for c in both.indexed_by()] == [
+        predicates.OneOf
+    ], "judged child by child, found by its sku"
+    either = predicates.bare("$.items[?@.sku == 'K1' || @.qty > 5 && @.sku]")
+    assert [type(c) for c in either.indexed_by()] == [predicates.OneOf, predicates.Bound], "found by either"
+    assert predicates.bare("$.items[?@.sku == 'K1' || @.qty != 5]").indexed_by() == [], "!= no index can find"
     assert isinstance(predicates.bare("$.items[?@.qty > 1].sku"), predicates.Exists), (
         "not a filter at the end"
     )
-    assert isinstance(predicates.bare("$.items[?@.qty > 1 || @.sku]"), predicates.Exists), (
-        "|| is the library's"
+    assert isinstance(predicates.bare("$.items[?(@.qty > 1 || @.sku) && @.a]"), predicates.Exists), (
+        "an || inside an && is the library's"
     )
