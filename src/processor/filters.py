@@ -403,7 +403,7 @@ def select(query: JSONPathQuery, data: object) -> list[object]:
 
 def json_equal(left: object, right: object) -> bool:
     """Equality of JSON values: numbers by value, booleans only with booleans."""
-    if _is_number(left) and _is_number(right):
+    if is_number(left) and is_number(right):
         return left == right
     if isinstance(left, bool) or isinstance(right, bool):
         return left is right
@@ -414,5 +414,6 @@ def json_equal(left: object, right: object) -> bool:
     return type(left) is type(right) and left == right
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """A JSON number: booleans are not, whatever Python says."""
     return isinstance(value, int | float) and not isinstance(value, bool)

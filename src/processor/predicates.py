@@ -29,6 +29,7 @@ from processor.filters import (
     child_filter,
     compile_path,
     contract_op,
+    is_number,
     json_equal,
     select,
     simple_steps,
@@ -61,7 +62,7 @@ class Selection:
     to nothing (NaN, or not JSON), the smallest and largest number and string;
     or the error that stopped the selecting."""
 
-    __slots__ = ("containers", "count", "error", "first", "high", "keys", "last", "low", "unequal", "values")
+    __slots__ = ("containers", "error", "first", "high", "keys", "last", "low", "unequal", "values")
 
     def __init__(self, values: Sequence[object] = (), error: Exception | None = None) -> None:
         self.values = values
@@ -69,9 +70,7 @@ class Selection:
         containers: list[object] = []
         unequal = False
         low = high = first = last = None
-        count = 0
         for value in values:
-            count += 1
             if isinstance(value, str):
                 keys.add(value)
                 if first is None or value < first:
@@ -95,7 +94,7 @@ class Selection:
                 containers.append(value)
             else:
                 unequal = True
-        self.count, self.keys, self.containers, self.unequal = count, keys, containers, unequal
+        self.keys, self.containers, self.unequal = keys, containers, unequal
         self.low, self.high, self.first, self.last = low, high, first, last
         self.error = error
 
@@ -215,7 +214,7 @@ class Exists(Condition):
     __slots__ = ()
 
     def holds(self, selection: Selection) -> bool:
-        return selection.count > 0
+        return bool(selection.values)
 
 
 class OneOf(Condition):
@@ -324,15 +323,11 @@ def _passes(test: ChildTest, child: object) -> bool:
         return False
     value, bound = found[0], test.value
     comparable = (isinstance(value, str) and isinstance(bound, str)) or (
-        _is_number(value) and _is_number(bound)
+        is_number(value) and is_number(bound)
     )
     if test.op in ("<", "<="):
         return (comparable and value < bound) or (test.op == "<=" and equal)  # type: ignore[operator]
     return (comparable and value > bound) or (test.op == ">=" and equal)  # type: ignore[operator]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def condition(selector: Selector, op: Operator, value: object) -> Condition:
@@ -347,7 +342,7 @@ def condition(selector: Selector, op: Operator, value: object) -> Condition:
         if op == "in" and not value:
             return Never(selector)
         return (OneOf if op == "in" else NoneOf)(selector, value)
-    if isinstance(value, str) or _is_number(value):
+    if isinstance(value, str) or is_number(value):
         return Bound(selector, op, value)  # type: ignore[arg-type]
     return Never(selector)  # numbers and strings are ordered, nothing else
 
