@@ -5,12 +5,14 @@ cost about what ten cost, when they route by payload (one per tenant, region
 or tier). So each filtered subscription is indexed by one of its conditions,
 its access condition, as content-based publish/subscribe systems do (Fabret
 et al., SIGMOD 2001): ``eq``/``in`` in a hash from JSON value to subscriptions,
-ranges in sorted bounds. An event then looks up, per selector, the keys and
-the extremes of what it selected (``processor.predicates.Selection``), and only
-the subscriptions found there have their other conditions judged. A
-subscription with no condition that can be indexed (``exists``, ``ne``,
-``nin``, a bare query with a filter expression) is judged on every event,
-from the selections every other subscription shares.
+ranges in sorted bounds; a bare query judged child by child is indexed by one
+comparison of each of its alternatives. An event then looks up, per selector,
+the keys and the extremes of what it selected
+(``processor.predicates.Selection``), and only the subscriptions found there
+have their other conditions judged. A subscription with no condition that can
+be indexed (``exists``, ``ne``, ``nin``, an ``in`` of more than 64 values, a
+bare query the library evaluates) is judged on every event, from the
+selections every other subscription shares.
 
 A pair fails (``failed``) when a condition it needs could not be evaluated on
 the event and none of its conditions is false: the answer does not depend on
@@ -34,41 +36,46 @@ class _Entry:
     __slots__ = ("conditions", "rest", "subscription")
 
     def __init__(
-        self, subscription: Subscription, conditions: list[Condition], owner: Condition | None
+        self, subscription: Subscription, conditions: list[Condition], exact: Condition | None
     ) -> None:
         self.subscription = subscription
         self.conditions = tuple(conditions)
-        # Judged once an access condition held; so is the condition they were
-        # drawn from (``owner``), unless it is its own access condition.
-        self.rest = tuple(c for c in conditions if c is not owner or c.indexed_by() != [c])
+        # Judged once an access condition held, but for the one that is its
+        # own access condition (``exact``): it held.
+        self.rest = tuple(c for c in conditions if c is not exact)
 
 
 class _Bounds:
     """The bounds of one kind of range condition (``gt`` numbers, say) on one
-    selector, sorted: the ones a value is beyond make one slice."""
+    selector, each distinct bound once, sorted: the ones a value is beyond
+    make one slice, and adding or removing one is a bisection."""
 
     __slots__ = ("_cut", "entries", "text", "upper", "values")
 
     def __init__(self, text: bool, op: str) -> None:
         self.values: list[Any] = []
-        self.entries: list[_Entry] = []
+        self.entries: list[dict[str, _Entry]] = []  # of each bound, by subscription id
         self.text = text
         self.upper = op in ("gt", "gte")
         # Where the bounds an extreme satisfies start (or end); one equal to it holds for gte and lte only.
         self._cut = bisect.bisect_left if op in ("gt", "lte") else bisect.bisect_right
 
     def add(self, value: Any, entry: _Entry) -> None:
-        at = bisect.bisect_right(self.values, value)
-        self.values.insert(at, value)
-        self.entries.insert(at, entry)
+        at = bisect.bisect_left(self.values, value)
+        if at == len(self.values) or self.values[at] != value:
+            self.values.insert(at, value)
+            self.entries.insert(at, {})
+        self.entries[at][entry.subscription.id] = entry
 
     def remove(self, value: Any, entry: _Entry) -> None:
-        at = self.entries.index(
-            entry, bisect.bisect_left(self.values, value), bisect.bisect_right(self.values, value)
-        )
-        del self.values[at], self.entries[at]
+        at = bisect.bisect_left(self.values, value)
+        if at == len(self.values) or self.values[at] != value:
+            return  # removed already: two alternatives of a query may ask the same
+        self.entries[at].pop(entry.subscription.id, None)
+        if not self.entries[at]:
+            del self.values[at], self.entries[at]
 
-    def holding(self, extreme: Any) -> list[_Entry]:
+    def holding(self, extreme: Any) -> list[dict[str, _Entry]]:
         """The entries whose bound ``extreme`` satisfies: ``gt``/``gte`` bounds
         below the largest value, ``lt``/``lte`` bounds above the smallest."""
         at = self._cut(self.values, extreme)
@@ -102,9 +109,11 @@ class _Access:
         self.size -= 1
         if isinstance(condition, Bound):
             kind = (condition.text, condition.op)
-            self.bounds[kind].remove(condition.value, entry)
-            if not self.bounds[kind].values:
-                del self.bounds[kind]
+            bounds = self.bounds.get(kind)
+            if bounds is not None:
+                bounds.remove(condition.value, entry)
+                if not bounds.values:
+                    del self.bounds[kind]
             return
         assert isinstance(condition, OneOf)
         for key in condition.keys:
@@ -125,25 +134,28 @@ class _Access:
         for bounds in self.bounds.values():
             extreme = selection.extreme(bounds.text, bounds.upper)
             if extreme is not None:
-                into.update((entry.subscription.id, entry) for entry in bounds.holding(extreme))
+                for found in bounds.holding(extreme):
+                    into.update(found)
 
     def entries(self) -> Iterator[_Entry]:
         """Every entry indexed here, some more than once."""
         for found in self.equal.values():
             yield from found.values()
         for bounds in self.bounds.values():
-            yield from bounds.entries
+            for found in bounds.entries:
+                yield from found.values()
 
 
 def _access(conditions: list[Condition]) -> tuple[list[Condition], Condition | None]:
     """The conditions to index a subscription by (one of them holds whenever
-    it matches), and the one of its conditions they stand for: an ``eq``/``in``
-    of scalars first (a hash finds the few that hold), else a range."""
+    it matches), and the condition of the subscription that is its own access
+    condition, if one is: an ``eq``/``in`` of scalars first (a hash finds the
+    few that hold), else a range."""
     for kinds in ({OneOf}, {OneOf, Bound}):
         for owner in conditions:
             access = owner.indexed_by()
             if access and all(type(c) in kinds for c in access):
-                return access, owner
+                return access, owner if access == [owner] else None
     return [], None
 
 
@@ -167,8 +179,8 @@ class FilterIndex:
         if any(isinstance(c, Never) for c in conditions):
             self._entries[subscription.id] = _Entry(subscription, conditions, None), []
             return  # it never matches: indexed nowhere
-        access, owner = _access(conditions)
-        entry = _Entry(subscription, conditions, owner)
+        access, exact = _access(conditions)
+        entry = _Entry(subscription, conditions, exact)
         self._entries[subscription.id] = entry, access
         if not access:
             self._judged[subscription.id] = entry

@@ -152,6 +152,8 @@ def compile_path(expression: str) -> JSONPathQuery:
         raise ValueError(f"is not a valid RFC 9535 JSONPath query: {error}") from None
     except RecursionError:
         raise ValueError("is not a valid RFC 9535 JSONPath query: nested too deeply") from None
+    except OverflowError:  # jsonpath-rfc9535 reads 1e400 as int(float("1e400"))
+        raise ValueError("is not a valid RFC 9535 JSONPath query: a number too large for a double") from None
     problem = cost_problem(query) or pattern_problem(query)
     if problem is not None:
         raise ValueError(problem)
@@ -274,7 +276,11 @@ def simple_steps(query: JSONPathQuery) -> tuple[Step, ...] | None:
 def walk(data: object, steps: tuple[Step, ...]) -> list[object]:
     """What the simple query of ``steps`` selects in ``data``, as jsonpath-rfc9535
     selects it but several times faster, within a budget of ``MAX_STEPS`` nodes."""
-    nodes = [data]
+    return walk_from([data], steps)
+
+
+def walk_from(nodes: list[object], steps: tuple[Step, ...]) -> list[object]:
+    """``walk`` from each of ``nodes`` in turn, within one budget."""
     left = MAX_STEPS
     for step in steps:
         found: list[object] = []
@@ -297,6 +303,12 @@ def walk(data: object, steps: tuple[Step, ...]) -> list[object]:
             raise FilterBudgetExceeded(f"the query selected more than {MAX_STEPS} nodes on this event")
         nodes = found
     return nodes
+
+
+def check_budget(steps: int) -> None:
+    """Refuse, before it starts, an evaluation of ``steps`` steps that would pass the budget."""
+    if steps > MAX_STEPS:
+        raise FilterBudgetExceeded(f"the filter would take {steps} steps on this event; at most {MAX_STEPS}")
 
 
 _CONDITION_OPS: dict[str, Operator] = {"==": "eq", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
@@ -327,7 +339,7 @@ class ChildTest:
 Conjunction = tuple[ChildTest, ...]
 
 
-def child_filter(query: JSONPathQuery) -> tuple[str, tuple[Conjunction, ...]] | None:
+def child_filter(query: JSONPathQuery) -> tuple[JSONPathQuery, tuple[Conjunction, ...]] | None:
     """``(prefix, alternatives)`` when ``query`` ends in a filter whose
     expression is ``||``-joined alternatives, each comparisons of singular
     relative queries with literals and existence tests joined by ``&&``. It
@@ -347,7 +359,7 @@ def child_filter(query: JSONPathQuery) -> tuple[str, tuple[Conjunction, ...]] | 
         if None in tests:
             return None
         alternatives.append(tuple(t for t in tests if t is not None))
-    return "$" + "".join(map(str, segments[:-1])), tuple(alternatives)
+    return JSONPathQuery(env=ENVIRONMENT, segments=query.segments[:-1]), tuple(alternatives)
 
 
 def _joined(expression: Expression, operator: str) -> list[Expression]:

@@ -45,19 +45,22 @@ class SubscriptionMatcher:
             self.discard(change.subscription_id)
             return
         try:
-            subscription = Subscription.model_validate(change.document)
+            self.put(Subscription.model_validate(change.document))
         except ValidationError as error:
             log.error("subscription %r skipped, it is invalid: %s", change.subscription_id, describe(error))
-            metrics.subscriptions_invalid.inc()
-            self.discard(change.subscription_id)
+        except Exception:  # a defect of ours that one subscription finds must not stop every other
+            log.exception("subscription %r skipped: it could not be indexed", change.subscription_id)
+        else:
             return
-        self.put(subscription)
+        metrics.subscriptions_invalid.inc()
+        self.discard(change.subscription_id)
 
     def put(self, subscription: Subscription) -> None:
         """Add, replace or (when inactive) drop a subscription."""
         self.discard(subscription.id)
         if not subscription.active:
             return
+        found = conditions(subscription.filters)
         where = subscription.client_id, subscription.event_type_pattern
         group = self._groups.get(where)
         if group is None:
@@ -66,7 +69,7 @@ class SubscriptionMatcher:
             if patterns is None:
                 patterns = self._patterns[subscription.client_id] = self._new_pattern_index()
             patterns.add(where[1], group)
-        group.add(subscription, conditions(subscription.filters))
+        group.add(subscription, found)
         self._subscriptions[subscription.id] = subscription
 
     def discard(self, subscription_id: str) -> None:

@@ -17,15 +17,19 @@ from __future__ import annotations
 import math
 import operator
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 from jsonpath_rfc9535 import JSONPathQuery
 
 from processor.filters import (
+    WILDCARD,
     ChildTest,
     Conjunction,
     Operator,
+    Step,
+    check_budget,
     child_filter,
     compile_path,
     contract_op,
@@ -34,6 +38,7 @@ from processor.filters import (
     select,
     simple_steps,
     walk,
+    walk_from,
 )
 from processor.models import Event, EventFilters
 
@@ -108,7 +113,7 @@ class Selection:
 _NOTHING = Selection()
 
 
-class Selector:
+class Selector(ABC):
     """A part of an event that conditions look at; one object per distinct part."""
 
     __slots__ = ("__weakref__", "key")
@@ -116,8 +121,8 @@ class Selector:
     def __init__(self, key: str) -> None:
         self.key = key  # what an operator reads: "$['region']", "source", "metadata['tier']"
 
-    def select(self, event: Event) -> Selection:
-        raise NotImplementedError
+    @abstractmethod
+    def select(self, event: Event) -> Selection: ...
 
     def __repr__(self) -> str:
         return f"<{self.key}>"
@@ -138,6 +143,31 @@ class _Path(Selector):
             return Selection(walk(event.data, self._steps))
         except Exception as error:  # whatever stops a query fails the pairs that need it
             return Selection(error=error)
+
+
+class _Children(Selector):
+    """Below every child of what ``prefix`` selects, the value at a singular
+    relative path (or the child itself): ``$['items'][*]['qty']``."""
+
+    __slots__ = ("_below", "_prefix", "_steps")
+
+    def __init__(self, prefix: JSONPathQuery, relative: str, steps: tuple[Step, ...]) -> None:
+        super().__init__(f"{prefix}[*]{relative}")
+        self._prefix = prefix
+        self._steps = simple_steps(prefix)
+        self._below = (WILDCARD, *steps)
+
+    def select(self, event: Event) -> Selection:
+        try:
+            if self._steps is not None:
+                return Selection(walk(event.data, self._steps + self._below))
+            return Selection(walk_from(select(self._prefix, event.data), self._below))
+        except Exception as error:  # whatever stops a query fails the pairs that need it
+            return Selection(error=error)
+
+
+def children(prefix: JSONPathQuery, relative: str = "", steps: tuple[Step, ...] = ()) -> Selector:
+    return _interned(f"{prefix}[*]{relative}", lambda: _Children(prefix, relative, steps))
 
 
 class _Source(Selector):
@@ -183,7 +213,7 @@ def metadata(name: str) -> Selector:
     return _interned(f"metadata[{name!r}]", lambda: _Metadata(name))
 
 
-class Condition:
+class Condition(ABC):
     """What a filter asks of its selector's ``Selection`` in an event."""
 
     __slots__ = ("selector",)
@@ -191,8 +221,8 @@ class Condition:
     def __init__(self, selector: Selector) -> None:
         self.selector = selector
 
-    def holds(self, selection: Selection) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def holds(self, selection: Selection) -> bool: ...
 
     def indexed_by(self) -> list[Condition]:
         """Conditions one of which holds whenever this one does, each of a kind
@@ -291,7 +321,7 @@ class SomeChild(Condition):
     'K1'`` is ``eq 'K1'`` on ``$.items[*].sku``): one of those holds whenever
     it does."""
 
-    __slots__ = ("access", "alternatives")
+    __slots__ = ("access", "alternatives", "cost")
 
     def __init__(
         self, selector: Selector, alternatives: Sequence[Conjunction], access: list[Condition]
@@ -299,8 +329,10 @@ class SomeChild(Condition):
         super().__init__(selector)
         self.alternatives = tuple(alternatives)
         self.access = access
+        self.cost = sum(1 + len(test.steps) for tests in alternatives for test in tests)  # per child, at most
 
     def holds(self, selection: Selection) -> bool:
+        check_budget(len(selection.values) * self.cost)
         return any(
             all(_passes(test, child) for test in tests)
             for tests in self.alternatives
@@ -363,29 +395,26 @@ def bare(expression: str) -> Condition:
             return exact
     access: list[Condition] = []
     for tests in alternatives:
-        indexable: list[Condition] = []
-        for test in tests:
-            implied = _implied(prefix, test)
-            indexable += [] if implied is None else implied.indexed_by()
+        indexable = [c for test in tests for c in _indexable(_implied(prefix, test))]
         best = next((c for kind in (OneOf, Bound) for c in indexable if type(c) is kind), None)
         if best is None:  # an alternative no index can find: judged on every event
             access = []
             break
         access.append(best)
-    return SomeChild(path(f"{prefix}[*]"), alternatives, access)
+    return SomeChild(children(prefix), alternatives, access)
 
 
-def _implied(prefix: str, test: ChildTest) -> Condition | None:
+def _indexable(condition: Condition | None) -> list[Condition]:
+    return [] if condition is None else condition.indexed_by()
+
+
+def _implied(prefix: JSONPathQuery, test: ChildTest) -> Condition | None:
     """The condition on the values at ``test``'s relative path below every
     child that holds exactly when some child passes ``test``, if there is one."""
     op = "exists" if test.op == "exists" else contract_op(test.op, test.value)
     if op is None:
         return None
-    try:
-        selector = path(f"{prefix}[*]{test.relative}")
-    except ValueError:  # longer than the longest path allowed, say
-        return None
-    return condition(selector, op, test.value)
+    return condition(children(prefix, test.relative, test.steps), op, test.value)
 
 
 def conditions(filters: EventFilters | None) -> list[Condition]:

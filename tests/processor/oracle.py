@@ -13,12 +13,30 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from processor.filters import compile_path, json_equal, select
+from processor.filters import compile_path, select
 from processor.models import Event, EventFilters, Subscription
 
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def json_equal(left: object, right: object) -> bool:
+    """JSON equality, written again here so that the oracle does not share it."""
+    if _number(left) or _number(right):
+        return _number(left) and _number(right) and left == right
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(json_equal(a, b) for a, b in zip(left, right, strict=True))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    return type(left) is type(right) and left == right
+
+
+def _never(op: str, value: object) -> bool:
+    """A condition no value satisfies is false without looking: ``in`` nothing,
+    or an order with what is neither a number nor a string."""
+    ordering = op in ("gt", "gte", "lt", "lte")
+    return (op == "in" and value == []) or (ordering and not (_number(value) or isinstance(value, str)))
 
 
 def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[object, object], bool]:
@@ -56,7 +74,7 @@ def _checks(filters: EventFilters, event: Event) -> Iterable[Callable[[], bool]]
     """One callable per condition: true, false, or it raises."""
     metadata = event.metadata or {}
     if filters.source is not None:
-        yield lambda: event.source in (filters.source or ())
+        yield lambda: event.source in (filters.source or ())  # [] included: no source is in it
     for name, expected in (filters.metadata or {}).items():
         yield partial(
             lambda name, expected: name in metadata and json_equal(metadata[name], expected), name, expected
@@ -64,6 +82,8 @@ def _checks(filters: EventFilters, event: Event) -> Iterable[Callable[[], bool]]
     for entry in filters.payload or ():
         if isinstance(entry, str):
             yield partial(lambda query: bool(select(compile_path(query), event.data)), entry)
+        elif _never(entry.op, entry.value):
+            yield lambda: False
         else:
             yield partial(_holds, TESTS[entry.op], entry.path, entry.value, event.data)
 

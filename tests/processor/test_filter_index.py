@@ -19,9 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from processor import filters, predicates
+from processor import filters, matching, predicates
 from processor.matching import SubscriptionMatcher
+from processor.metrics import Metrics
 from processor.models import Event, Subscription
+from processor.store import SubscriptionChange
 from tests.conftest import IndexClass
 from tests.processor.oracle import expected
 
@@ -395,6 +397,74 @@ def test_a_query_that_cannot_be_evaluated_fails_only_the_pairs_that_need_it(
         "s4",
         "s5",
     }
+
+
+def test_a_query_judged_child_by_child_stops_at_its_budget_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(filters, "MAX_STEPS", 1_000)
+    matcher = SubscriptionMatcher()
+    matcher.put(subscription(1, {"payload": ["$.items[?" + "||".join(["@.a!=0"] * 60) + "]"]}))
+    matcher.put(subscription(2, None))
+    matched, failed = matcher.match(event({"items": [{"a": 0}] * 100}))
+    assert [s.id for s in matched] == ["s2"]
+    assert [(s.id, type(error).__name__) for s, error in failed] == [("s1", "FilterBudgetExceeded")], (
+        "100 children times 60 tests of two steps each: over 1,000"
+    )
+    assert [s.id for s in matcher.match(event({"items": [{"a": 0}, {"a": 1}]}))[0]] == ["s2", "s1"]
+
+
+def test_a_condition_no_value_satisfies_makes_its_pair_not_matched_whatever_else_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(filters, "MAX_STEPS", 100)
+    matcher = SubscriptionMatcher()
+    wide = {"rows": [[1, 2]] * 60}
+    held = [
+        subscription(1, {"payload": [{"path": "$.rows[*][*]", "op": "gt", "value": True}]}),
+        subscription(2, {"payload": [{"path": "$.rows[*][*]", "op": "in", "value": []}]}),
+        subscription(3, {"payload": [{"path": "$.rows[*][*]", "op": "in", "value": [1]}]}),
+    ]
+    for one in held:
+        matcher.put(one)
+    matched, failed = matcher.match(event(wide))
+    assert (
+        (matched, {s.id for s, _ in failed}) == ([], {"s3"}) == (list(expected(held, event(wide))[0]), {"s3"})
+    )
+
+
+def test_paths_a_bare_query_is_taken_apart_into_need_not_be_paths_one_could_write() -> None:
+    # Printed again, $.a is $['a'] (1,234 characters for this one) and 1.0e400 is inf.
+    long = "$" + ".a" * 246 + "[?@.x == 1 && @.y]"
+    inf = "$.items[?@.n < 1.0e400 && @.m]"
+    matcher = SubscriptionMatcher()
+    matcher.put(subscription(1, {"payload": [long]}))
+    matcher.put(subscription(2, {"payload": [inf]}))
+    deep: dict[str, Any] = {"x": 1, "y": True}
+    for _ in range(246):
+        deep = {"a": [deep] if _ == 0 else deep}
+    assert matched_ids(matcher, deep) == {"s1"}
+    assert matched_ids(matcher, {"items": [{"n": 10**300, "m": 1}]}) == {"s2"}
+
+
+def test_a_subscription_that_cannot_be_indexed_is_skipped_and_the_others_kept(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = predicates.conditions
+
+    def failing(filters: Any) -> list[predicates.Condition]:
+        if filters is not None and filters.source == ["poison"]:
+            raise RuntimeError("a defect")
+        return real(filters)
+
+    monkeypatch.setattr(matching, "conditions", failing)
+    matcher, metrics = SubscriptionMatcher(), Metrics()
+    for number, source in enumerate(["poison", "s1"]):
+        document = subscription(number, {"source": [source]}).model_dump()
+        matcher.apply(SubscriptionChange(document["id"], document, 0), metrics)
+    assert matched_ids(matcher, {}, source="s1") == {"s1"} and len(matcher) == 1
+    assert "subscription 's0' skipped: it could not be indexed" in caplog.text
+    assert metrics.subscriptions_invalid._value.get() == 1
 
 
 def test_a_bare_query_of_one_comparison_is_indexed_as_the_condition_it_is() -> None:

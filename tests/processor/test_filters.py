@@ -60,6 +60,7 @@ def test_paths_that_run_in_linear_time_are_accepted(path: str) -> None:
             "is refused by RE2, which runs patterns in linear time: pattern too large",
         ),
         ("$" + "[?(" * 150 + "true" + ")]" * 150, "at most 512"),
+        ("$[?@.n == 1e400]", "a number too large for a double"),
     ],
 )
 def test_paths_that_could_take_more_than_linear_time_are_refused_saying_why(path: str, problem: str) -> None:
