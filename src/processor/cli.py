@@ -84,7 +84,13 @@ def open_store(config: Config, metrics: Metrics) -> tuple[Store, Callable[[], ob
             instance=config.standby_instance_id,
             epoch_key=epoch_key(config.standby_lock_key) if shared else None,
         )
-    store = MongoStore(database, tokens, metrics, max_event_bytes=config.stream_max_event_bytes)
+    store = MongoStore(
+        database,
+        tokens,
+        metrics,
+        max_event_bytes=config.stream_max_event_bytes,
+        checkpoint_key=config.stream_resume_token_key,
+    )
     return store, lambda: ensure_indexes(database)
 
 

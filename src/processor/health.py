@@ -48,7 +48,7 @@ class Health:
         self._lag = 0.0
         self._events = 0
         self._last_error: str | None = None
-        self._role = "single"
+        self._role: Callable[[], str] = lambda: "single"
         # Written by the processing thread without the lock, once per event for
         # ``_where``: each is one attribute, read whole by the other threads.
         self._step_since: float | None = None
@@ -56,9 +56,9 @@ class Health:
         self._step = ""
         self._where: str | None = None
 
-    def set_role(self, role: str) -> None:
-        with self._lock:
-            self._role = role
+    def follow(self, role: Callable[[], str]) -> None:
+        """Report the role ``role()`` says at each moment: a leader's follows its lock."""
+        self._role = role
 
     def connected(self) -> None:
         with self._lock:
@@ -136,7 +136,8 @@ class Health:
             connected = self._ever_connected and self._failing_since is None
             down_for = now - (self._failing_since if self._failing_since is not None else self._started)
             reasons = []
-            if self._role != "standby":
+            role = self._role()
+            if role != "standby":
                 if not connected and down_for > limits.disconnected_grace:
                     reasons.append(f"store unreachable for {down_for:.0f}s")
                 if self._lag > limits.max_lag:
@@ -149,7 +150,7 @@ class Health:
             return {
                 "status": "DOWN" if reasons else "UP",
                 "reasons": reasons,
-                "role": self._role,
+                "role": role,
                 "change_stream": {"connected": connected},
                 "lag_seconds": self._lag,
                 "error_rate": round(error_rate, 4),

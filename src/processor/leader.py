@@ -7,9 +7,14 @@ the stream, and a deposed one can do no harm.
   holds a lease that ends ``margin`` before the lock could expire, measured on
   the monotonic clock from when its last successful renewal was *sent*. Past
   that deadline it stops consuming, whatever Redis says later.
-- Writes of the resume token carry the epoch and are refused once a newer
-  leader exists (see ``resume.RedisTokenStore`` and ``SqliteStore.fence``),
-  so a leader paused past its TTL cannot overwrite its successor's progress.
+- Writes of the resume token carry the epoch and the holder, and are refused
+  once a newer leader exists, or another holder of the same epoch (see
+  ``resume.RedisTokenStore`` and ``SqliteStore.fence``), so a leader paused past
+  its TTL cannot overwrite its successor's progress.
+- The store remembers the epoch it was last claimed under, which Redis may
+  forget (a restart without persistence starts the counter again): a leader
+  whose claim the store refuses while it still holds the lock raises the
+  counter past the store's epoch in one step (``advance``), and claims again.
 - A clean shutdown releases the lock with compare-and-delete, so a standby
   takes over within one renew interval instead of one TTL.
 """
@@ -25,6 +30,7 @@ import redis
 
 from processor.loop import Processor
 from processor.periodic import Periodic
+from processor.store import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# Raises the epoch past one a store holds, in one step, for the holder alone.
+ADVANCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2])) + 1
+redis.call('SET', KEYS[2], epoch)
+return epoch
 """
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -80,6 +95,12 @@ class LeaderLock:
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
+        self._advance = client.register_script(ADVANCE)
+
+    @property
+    def holder(self) -> str:
+        """This acquisition's value in the lock: the instance, and a token of its own."""
+        return self._value
 
     def held(self) -> bool:
         """Whether this instance may act as leader now."""
@@ -97,6 +118,30 @@ class LeaderLock:
             return False
         self._value, self.epoch, self._deadline = value, epoch, sent + self.ttl - self.margin
         log.info("leader lock %s acquired by %s, epoch %d", self.key, self.instance_id, epoch)
+        return True
+
+    def advance(self, past: int) -> bool:
+        """Take an epoch above ``past``, one a store holds, while still holding the
+        lock: Redis lost its data (the counter started again), and only a leader
+        from before that can have written ``past``. One step, whatever ``past``."""
+        if not self.held():
+            return False
+        try:
+            epoch = int(self._advance(keys=[self.key, epoch_key(self.key)], args=[self._value, past]))
+        except redis.RedisError as error:
+            log.warning("leader lock: cannot reach Redis to raise the epoch (%s)", error)
+            return False
+        if not epoch:
+            return False
+        log.warning(
+            "leader lock %s: the store was claimed under epoch %d, which this lock's %s does not "
+            "exceed (Redis lost its data?): epoch raised to %d",
+            self.key,
+            past,
+            self.epoch,
+            epoch,
+        )
+        self.epoch = epoch
         return True
 
     def renew(self) -> bool:
@@ -154,23 +199,28 @@ class Renewer(Periodic):
 
 def lead(lock: LeaderLock, processor: Processor) -> None:
     """Stand by until this instance holds the lock, process while it does, and go
-    back to standing by when it is lost; release it when asked to stop."""
+    back to standing by when it is lost; release it when asked to stop. The
+    role on ``/health`` and ``fc_stream_leader`` follow the lock itself: standby
+    from the moment it is released, lost or past its lease."""
     health, metrics = processor.health, processor.metrics
+    health.follow(lambda: "leader" if lock.held() else "standby")
+    metrics.leader.set_function(lambda: float(lock.held()))
     try:
         while not processor.stop_requested.is_set():
-            health.set_role("standby")
-            metrics.leader.set(0)
             if not lock.try_acquire():
                 processor.stop_requested.wait(lock.renew_interval)
                 continue
-            assert lock.epoch is not None
-            health.set_role("leader")
-            metrics.leader.set(1)
-            with Renewer(lock, health.stall):
-                processor.run(lease=lock.held, epoch=lock.epoch)
+            fenced = _process(lock, processor)
+            while fenced is not None and fenced.epoch is not None and lock.advance(fenced.epoch):
+                fenced = _process(lock, processor)
             if not processor.stop_requested.is_set():
-                log.warning("no longer the leader (lease ended or lock lost): standing by")
+                log.warning("no longer the leader (lease ended, lock lost, or fenced): standing by")
                 lock.release()
     finally:
-        metrics.leader.set(0)
         lock.release()
+
+
+def _process(lock: LeaderLock, processor: Processor) -> Fenced | None:
+    assert lock.epoch is not None
+    with Renewer(lock, processor.health.stall):
+        return processor.run(lease=lock.held, epoch=lock.epoch, holder=lock.holder)

@@ -85,10 +85,13 @@ class Processor:
     def stop(self) -> None:
         self.stop_requested.set()
 
-    def run(self, lease: Callable[[], bool] = lambda: True, epoch: int | None = None) -> None:
+    def run(
+        self, lease: Callable[[], bool] = lambda: True, epoch: int | None = None, holder: str = ""
+    ) -> Fenced | None:
         """Process batches until ``stop()``, or until ``lease()`` says this instance
         no longer leads; returns once the current batch is committed or dropped.
-        A leader passes its fencing ``epoch``, under which it claims the token."""
+        A leader passes its fencing ``epoch`` and the lock's ``holder``, under
+        which it claims the store; it returns the ``Fenced`` that stopped it, if one did."""
         self._lease = lease
         self.matcher = SubscriptionMatcher()  # the feed's start decides what subscriptions apply
         self._pending.clear()
@@ -97,20 +100,25 @@ class Processor:
         try:
             try:
                 if epoch is not None:
-                    self.retry("claim the resume token", self.store.fence, epoch)
+                    self.retry("claim the resume token", self.store.fence, epoch, holder)
                 token = self.retry("load resume token", self.store.resume_token)
                 feed = self.retry("open feed", self.store.open_feed, token)
-            except (Stopped, Fenced):
-                return
+            except Stopped:
+                return None
+            except Fenced as error:
+                log.warning("not leading: %s", error)
+                return error
             log.info("processing events after %s", token or "the current point")
             try:
-                self._consume(feed, token, lease)
+                return self._consume(feed, token, lease)
             finally:
                 feed.close()
         finally:
             health.rest()
 
-    def _consume(self, feed: ChangeFeed, token: ResumeToken | None, lease: Callable[[], bool]) -> None:
+    def _consume(
+        self, feed: ChangeFeed, token: ResumeToken | None, lease: Callable[[], bool]
+    ) -> Fenced | None:
         settings, health = self.settings, self.health
         try:
             while self._may_continue():
@@ -131,6 +139,8 @@ class Processor:
             pass
         except Fenced as error:
             log.warning("stepping down: %s", error)
+            return error
+        return None
 
     def _may_continue(self) -> bool:
         return not self.stop_requested.is_set() and self._lease()

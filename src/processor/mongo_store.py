@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from processor.store import (
     Batch,
     CommitReport,
     FeedEntry,
+    Fenced,
     ProcessedBatch,
     StoreUnavailable,
     SubscriptionChange,
@@ -64,6 +66,8 @@ EVENT_TYPE_COUNTS = "event_type_counts"
 SUBSCRIPTION_STATS = "subscription_stats"
 CLIENT_ACTIVITY = "client_activity"
 PROJECTION_MARKS = "projection_marks"
+CHECKPOINTS = "stream_checkpoints"  # the durable position: one document per resume key
+IDLE_CHECKPOINT_SECONDS = 10.0  # how often an idle stream's moving token is written to the checkpoint
 
 # The spec's pipeline; clusterTime is kept too: it orders events against
 # subscription changes and is the position a lost stream catches up from.
@@ -118,6 +122,19 @@ class Checkpoint:
             return None
         saved = json_util.loads(text)
         return cls(saved.get("resume_token"), saved.get("cluster_time"))
+
+
+def newer(durable: str | None, mirror: str | None) -> str | None:
+    """Of two saved checkpoints, the one of the later event; the durable one
+    when they are as late (it is written first)."""
+    if durable is None or mirror is None:
+        return durable or mirror
+
+    def moment(text: str) -> Timestamp:
+        checkpoint = Checkpoint.loads(text)
+        return (checkpoint.cluster_time if checkpoint else None) or Timestamp(0, 0)
+
+    return mirror if moment(mirror) > moment(durable) else durable
 
 
 def event_document(change_or_document: Document) -> Document:
@@ -421,12 +438,19 @@ def _subscription_document(document: Document) -> Document:
 
 
 class MongoStore:
+    """The production store. Its position is its own: each batch's checkpoint
+    is written to ``stream_checkpoints`` in the transaction that counts the
+    batch in the projections, under the leader's epoch and holder; the token
+    store (Redis, as the spec has it) keeps a mirror, read too at start, so
+    that a Redis that lost its data, or none at all, never moves the position."""
+
     def __init__(
         self,
         database: Database[Document],
         tokens: TokenStore,
         metrics: Metrics,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        checkpoint_key: str = "stream-processor",
     ) -> None:
         self.database = database
         self._max_event_bytes = max_event_bytes
@@ -434,10 +458,51 @@ class MongoStore:
         self._metrics = metrics
         self._subscriptions = MongoSubscriptions(database)
         self._jobs = database[JOBS]
+        self._checkpoints = database[CHECKPOINTS]
+        self._checkpoint_key = checkpoint_key
+        self._epoch: int | None = None
+        self._holder: str | None = None
+        self._saved_at = -IDLE_CHECKPOINT_SECONDS  # monotonic time of the last checkpoint written
         self._inserted_before_failure: set[str] = set()  # by failed attempts at the batch in hand
 
     def resume_token(self) -> str | None:
-        return self._tokens.load()
+        with unavailable_on_failure("load the checkpoint"):
+            saved = self._checkpoints.find_one({"_id": self._checkpoint_key})
+        durable = None if saved is None else saved.get("checkpoint")
+        try:
+            mirror = self._tokens.load()
+        except StoreUnavailable as error:
+            if durable is None:
+                raise
+            log.warning(
+                "the resume token's mirror cannot be read (%s): resuming from the store's checkpoint", error
+            )
+            mirror = None
+        return newer(durable, mirror)
+
+    def _claim(self, session: ClientSession | None) -> None:
+        """Refuse (``Fenced``) when the checkpoint was saved under a larger epoch,
+        or under this one by another holder; read in the transaction that writes it."""
+        saved = self._checkpoints.find_one({"_id": self._checkpoint_key}, session=session) or {}
+        epoch, holder = saved.get("epoch"), saved.get("holder")
+        if epoch is None:
+            return
+        if self._epoch is None or epoch > self._epoch or (epoch == self._epoch and holder != self._holder):
+            raise Fenced(
+                f"checkpoint {self._checkpoint_key!r} was saved under epoch {epoch} by {holder}; "
+                f"this instance writes under {self._epoch}",
+                epoch,
+            )
+
+    def _save_checkpoint(self, session: ClientSession | None, token: str | None) -> None:
+        self._claim(session)
+        fields: Document = {"epoch": self._epoch, "holder": self._holder, "saved_at": datetime.now(UTC)}
+        if token is not None:
+            fields["checkpoint"] = token
+        self._checkpoints.update_one(
+            {"_id": self._checkpoint_key}, {"$set": fields}, upsert=True, session=session
+        )
+        self._saved_at = time.monotonic()
 
     def open_feed(self, resume_after: str | None) -> MongoFeed:
         self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
@@ -452,19 +517,30 @@ class MongoStore:
     def subscription_changes(self) -> list[SubscriptionChange]:
         return self._subscriptions.changes()
 
-    def fence(self, epoch: int) -> None:
-        self._tokens.fence(epoch)
+    def fence(self, epoch: int, holder: str) -> None:
+        self._epoch, self._holder = epoch, holder
+        with unavailable_on_failure("claim the checkpoint"), self.database.client.start_session() as session:
+            session.with_transaction(lambda s: self._save_checkpoint(s, None))
+        self._tokens.fence(epoch, holder)
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         with unavailable_on_failure("commit"):
             created = self._insert_jobs(batch.jobs)
             self._insert_dead_letters(batch.dead_letters)
             self._insert_filter_failures(batch.filter_failures)
-            self._project(batch.events, batch.jobs)
+            self._project(batch.events, batch.jobs, batch.resume_token)
         if batch.resume_token is not None:
-            self._tokens.save(batch.resume_token)
+            self._mirror(batch.resume_token)
         self._inserted_before_failure.clear()
         return CommitReport(jobs_created=created, duplicates=len(batch.jobs) - created)
+
+    def _mirror(self, token: str) -> None:
+        """The token store's copy: the durable checkpoint is written already, so
+        a Redis that cannot be reached holds nothing back (a newer leader does)."""
+        try:
+            self._tokens.save(token)
+        except StoreUnavailable as error:
+            log.warning("the resume token's mirror was not saved (%s); the store's checkpoint was", error)
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> int:
         """Insert every job; one that exists already is done. Returns how many were new,
@@ -518,15 +594,21 @@ class MongoStore:
             ordered=False,
         )
 
-    def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob]) -> None:
-        """Count each event and each job once, ever: in one transaction, mark what is
-        counted and count what was not marked yet."""
+    def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob], token: str | None) -> None:
+        """Count each event and each job once, ever, and save the checkpoint: in one
+        transaction, check the claim, mark what is counted and count what was not
+        marked yet."""
         marks = self.database[PROJECTION_MARKS]
         keys = [f"event:{e.id}" for e in events] + [f"job:{j.id}" for j in jobs]
-        if not keys:
+        if not keys and (token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS):
+            # An empty batch's position loses nothing by waiting; and saving it
+            # writes to the oplog, which moves the idle stream's token again.
             return
 
         def project(session: ClientSession) -> None:
+            self._save_checkpoint(session, token)  # first: refused, it writes nothing
+            if not keys:
+                return
             seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
             delta = ProjectionDelta.of(
                 (event_key(e) for e in events if f"event:{e.id}" not in seen),

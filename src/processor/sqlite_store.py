@@ -183,7 +183,8 @@ CREATE TABLE IF NOT EXISTS resume_tokens (
     key        TEXT PRIMARY KEY,
     token      TEXT NOT NULL,
     epoch      INTEGER,  -- the leader's fencing epoch; NULL without leader election
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    holder     TEXT      -- the lock holder that wrote it under that epoch
 );
 """
 
@@ -258,6 +259,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.execute("PRAGMA foreign_keys = ON")
     connection.executescript(SCHEMA)
     _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
+    _add_columns(connection, "resume_tokens", {"holder": "TEXT"})
     return connection
 
 
@@ -600,6 +602,7 @@ class SqliteStore:
         self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
         self._feed_start = 0
         self._epoch: int | None = None
+        self._holder: str | None = None
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
         self._feed: SqliteFeed | None = None
         self._fold_events = fold_events
@@ -634,19 +637,27 @@ class SqliteStore:
 
     def _save_token(self, token: ResumeToken) -> None:
         """Within the batch's transaction: refused, and so the whole batch, once a
-        leader with a larger epoch saved its own."""
+        leader with a larger epoch, or another holder of the same one, saved its own."""
         saved = self._connection.execute(
-            "INSERT INTO resume_tokens (key, token, epoch, updated_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO resume_tokens (key, token, epoch, holder, updated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET token = excluded.token, epoch = excluded.epoch, "
-            "updated_at = excluded.updated_at "
-            "WHERE resume_tokens.epoch IS NULL OR resume_tokens.epoch <= coalesce(excluded.epoch, -1)",
-            (self._resume_key, token, self._epoch, timestamp(datetime.now(UTC))),
+            "holder = excluded.holder, updated_at = excluded.updated_at "
+            "WHERE resume_tokens.epoch IS NULL OR resume_tokens.epoch < coalesce(excluded.epoch, -1) "
+            "OR (resume_tokens.epoch = excluded.epoch AND resume_tokens.holder IS excluded.holder)",
+            (self._resume_key, token, self._epoch, self._holder, timestamp(datetime.now(UTC))),
         )
         if saved.rowcount != 1:
-            raise Fenced(f"resume token {self._resume_key!r} was saved by a newer leader")
+            row = self._connection.execute(
+                "SELECT epoch, holder FROM resume_tokens WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+            raise Fenced(
+                f"resume token {self._resume_key!r} was saved under epoch {row['epoch']} by {row['holder']}; "
+                f"this instance writes under {self._epoch}",
+                row["epoch"],
+            )
 
-    def fence(self, epoch: int) -> None:
-        self._epoch = epoch
+    def fence(self, epoch: int, holder: str) -> None:
+        self._epoch, self._holder = epoch, holder
         with transaction(self._connection):
             self._claim_token()
 

@@ -26,7 +26,15 @@ class StoreUnavailable(Exception):
 
 
 class Fenced(Exception):
-    """A newer leader has saved progress: this instance was deposed and must stop."""
+    """A newer leader has saved progress: this instance was deposed and must stop.
+
+    ``epoch`` is the epoch the store holds, when it said: a leader that still
+    holds its lock raises its own epoch past it (``LeaderLock.advance``), for
+    only a leader from before the lock's Redis lost its data can have written it."""
+
+    def __init__(self, message: str, epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
 
 
 BATCH_BYTES = 8 * 1024 * 1024  # FC_STREAM_BATCH_BYTES
@@ -129,8 +137,10 @@ class Store(Protocol):
         the projections, now or with later batches, but once, whatever crashes.
         Raises ``Fenced`` when a leader with a larger epoch saved a token."""
 
-    def fence(self, epoch: int) -> None:
+    def fence(self, epoch: int, holder: str) -> None:
         """Save resume tokens under ``epoch`` from now on, claiming the token at
-        once, so that writes under a smaller epoch are refused."""
+        once, so that writes under a smaller epoch, or under the same epoch by
+        another ``holder``, are refused. Raises ``Fenced`` (with the store's
+        epoch) when the store holds a larger one, or this one from another holder."""
 
     def close(self) -> None: ...

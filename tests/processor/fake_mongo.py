@@ -943,7 +943,7 @@ class Tokens:
         self.saved.append(token)
         self.value = token
 
-    def fence(self, epoch: int) -> None:
+    def fence(self, epoch: int, holder: str) -> None:
         """One instance per test: nobody to fence off."""
 
     def checkpoint(self) -> Checkpoint | None:

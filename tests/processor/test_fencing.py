@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from processor.leader import LeaderLock, Renewer, epoch_key
+from processor.leader import LeaderLock, Renewer, epoch_key, lead
+from processor.loop import Processor, Settings
 from processor.models import PENDING, DispatchJob
 from processor.resume import RedisTokenStore
 from processor.sqlite_store import SqliteStore
@@ -81,12 +83,12 @@ def test_a_deposed_leaders_token_write_is_refused(client: redis.Redis, key: str)
     new = RedisTokenStore(client, token_key, instance="b", epoch_key=epoch_key(key))
     first = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
     assert first.try_acquire() and first.epoch is not None
-    old.fence(first.epoch)
+    old.fence(first.epoch, first.holder)
     old.save(json.dumps({"seq": 1}))
     client.delete(key)  # a's lock expired while it was paused
     second = LeaderLock(client, key, "b", ttl=2.0, renew_interval=0.5)
     assert second.try_acquire() and second.epoch is not None
-    new.fence(second.epoch)
+    new.fence(second.epoch, second.holder)
     with pytest.raises(Fenced):
         old.save(json.dumps({"seq": 99}))
     saved = json.loads(client.get(token_key))  # type: ignore[arg-type]
@@ -99,9 +101,9 @@ def test_a_deposed_leader_cannot_write_to_the_embedded_store(tmp_path: Path) -> 
     db = tmp_path / "store.db"
     publisher = Publisher(db)
     old, new = SqliteStore(db), SqliteStore(db)
-    old.fence(1)
+    old.fence(1, "old")
     old.open_feed(None)
-    new.fence(2)
+    new.fence(2, "new")
     now = datetime.now(UTC)
     job = DispatchJob("j", "e", "s", "c", PENDING, "https://x.example", "p", now, 0, None, None, now)
     with pytest.raises(Fenced):
@@ -131,3 +133,80 @@ def test_a_leader_whose_processing_stalled_lets_its_lock_lapse(client: redis.Red
     assert not lock.held()
     standby = LeaderLock(client, key, "b", ttl=1.0, renew_interval=0.2)
     assert standby.try_acquire(), "a standby takes over"
+
+
+def test_an_equal_epoch_from_another_holder_is_refused_by_both_stores(
+    tmp_path: Path, client: redis.Redis, key: str
+) -> None:
+    db = tmp_path / "store.db"
+    Publisher(db)
+    first, second = SqliteStore(db), SqliteStore(db)
+    first.fence(7, "a 1")
+    first.open_feed(None)
+    with pytest.raises(Fenced) as refused:
+        second.fence(7, "b 2")
+    assert refused.value.epoch == 7
+    first.fence(7, "a 1")  # the holder itself claims again
+    tokens = {name: RedisTokenStore(client, f"{key}:token", instance=name) for name in ("a", "b")}
+    tokens["a"].fence(7, "a 1")
+    tokens["a"].save(json.dumps({"seq": 1}))
+    with pytest.raises(Fenced) as refused:
+        tokens["b"].fence(7, "b 2")
+    assert refused.value.epoch == 7
+    tokens["b"].fence(8, "b 3")
+    with pytest.raises(Fenced):
+        tokens["a"].save(json.dumps({"seq": 2}))
+
+
+def test_a_leader_whose_store_holds_a_larger_epoch_raises_its_own_past_it_in_one_step(
+    tmp_path: Path, client: redis.Redis, key: str
+) -> None:
+    db = tmp_path / "store.db"
+    Publisher(db)
+    old = SqliteStore(db)
+    old.fence(100_000, "old 1")  # before Redis lost its data
+    old.open_feed(None)
+    lock = LeaderLock(client, key, "new", ttl=2.0, renew_interval=0.5)
+    assert lock.try_acquire() and lock.epoch == 1, "the counter started again"
+    store = SqliteStore(db)
+    with pytest.raises(Fenced) as refused:
+        store.fence(lock.epoch, lock.holder)
+    assert refused.value.epoch == 100_000
+    assert lock.advance(100_000) and lock.epoch == 100_001
+    assert int(client.get(epoch_key(key)) or 0) == 100_001, "the next acquisition goes on from there"
+    store.fence(lock.epoch, lock.holder)
+    with pytest.raises(Fenced):
+        old.commit(ProcessedBatch([], [], [], "5"))
+    other = LeaderLock(client, key, "other", ttl=2.0, renew_interval=0.5)
+    assert not other.advance(5), "only the holder raises the epoch"
+
+
+def leading_gauge(processor: Processor) -> float | None:
+    return processor.metrics.registry.get_sample_value("fc_stream_leader")
+
+
+def test_the_role_follows_the_lock_when_it_is_lost_and_when_it_is_released(
+    tmp_path: Path, client: redis.Redis, key: str
+) -> None:
+    db = tmp_path / "store.db"
+    Publisher(db)
+    lock = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
+    processor = Processor(SqliteStore(db), Settings(max_wait=0.05))
+    leading = threading.Thread(target=lead, args=(lock, processor))
+    leading.start()
+    try:
+        wait_until(lambda: processor.health.report()["role"] == "leader", message="a to lead")
+        assert leading_gauge(processor) == 1
+        client.set(key, "b 0")  # another instance holds the lock now
+        wait_until(
+            lambda: processor.health.report()["role"] == "standby", message="a to see it lost the lock"
+        )
+        assert leading_gauge(processor) == 0
+        client.delete(key)
+        wait_until(lambda: processor.health.report()["role"] == "leader", message="a to lead again")
+    finally:
+        processor.stop()  # as SIGTERM does: the batch ends, the lock is released
+        leading.join()
+    assert processor.health.report()["role"] == "standby"
+    assert leading_gauge(processor) == 0
+    assert client.get(key) is None

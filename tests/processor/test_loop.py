@@ -378,10 +378,10 @@ def test_a_deposed_leader_does_not_count_what_it_left(db: Path, publisher: Publi
     for _ in range(10):
         publisher.publish(SHIPPED)
     old = SqliteStore(db, from_beginning=True)
-    old.fence(1)
+    old.fence(1, "old")
     process_batches(old, 1)  # a full batch: its count waits
     new = SqliteStore(db)
-    new.fence(2)
+    new.fence(2, "new")
     new.open_feed(new.resume_token())
     assert counted(publisher) == (10, 10, 10), "the new leader counted what the old one left"
     with pytest.raises(Fenced):

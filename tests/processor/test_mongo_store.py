@@ -22,7 +22,7 @@ from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import MAX_DEAD_LETTER_RAW, Subscription, parse_event
 from processor.mongo_store import CATCH_UP_MARGIN, Checkpoint, MongoFeed, MongoStore, job_document
-from processor.store import CommitReport, ProcessedBatch, StoreUnavailable
+from processor.store import CommitReport, Fenced, ProcessedBatch, StoreUnavailable
 from tests.processor.fake_mongo import Document, FakeMongo, Running, Tokens, sample
 from tests.processor.harness import FAST, wait_until
 
@@ -292,6 +292,46 @@ def test_a_restart_resumes_after_the_saved_token(fake: FakeMongo, tokens: Tokens
     assert sample(metrics, "fc_stream_dispatch_jobs_created_total") == 3
     assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0, "nothing read twice"
     assert sample(metrics, "fc_stream_lost_history_recoveries_total") == 0
+
+
+def test_a_restart_whose_token_store_is_empty_resumes_from_the_stores_checkpoint(fake: FakeMongo) -> None:
+    subscribe(fake, "all")
+    published: list[str] = []
+    for run in range(3):
+        tokens = Tokens()  # as Redis is after a restart without its data, or when there is none
+        metrics = Metrics()
+        store = MongoStore(fake.db, tokens, metrics)
+        with Running(store, tokens, metrics):
+            published += [publish(fake), publish(fake)]
+            due = len(published)
+            wait_until(lambda: job_count(fake) == due, message=f"the jobs of run {run}")  # noqa: B023
+        store.close()
+        assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0, "nothing read twice"
+        if run < 2:
+            published += [publish(fake), publish(fake)]  # while down
+    assert jobs(fake) == {(e, "all") for e in published}, "no gap: the events inserted while down too"
+    assert counts(fake, "event_type_counts")[SHIPPED]["count"] == len(published)
+    saved = fake.db["stream_checkpoints"].find_one({"_id": "stream-processor"})
+    assert saved is not None and Checkpoint.loads(saved["checkpoint"]) is not None
+
+
+def test_the_checkpoint_refuses_a_smaller_epoch_and_the_same_epoch_from_another_holder(
+    fake: FakeMongo,
+) -> None:
+    subscribe(fake, "all")
+    first, second = MongoStore(fake.db, Tokens(), Metrics()), MongoStore(fake.db, Tokens(), Metrics())
+    first.fence(5, "a 1")
+    with pytest.raises(Fenced) as refused:
+        second.fence(5, "b 2")
+    assert refused.value.epoch == 5
+    second.fence(6, "b 2")
+    event = parse_event({"id": "e1", "type": SHIPPED, "client_id": "acme"}, datetime.now(UTC))
+    token = Checkpoint(None, fake.cluster_time()).dumps()
+    with pytest.raises(Fenced):
+        first.commit(ProcessedBatch([event], [], [], token))
+    assert counts(fake, "event_type_counts") == {}, "the refused batch counted nothing"
+    second.commit(ProcessedBatch([event], [], [], token))
+    assert counts(fake, "event_type_counts")[SHIPPED]["count"] == 1
 
 
 @pytest.mark.parametrize("reported_on", ["watch", "try_next"])

@@ -178,7 +178,7 @@ def test_health_judges_lag_error_rate_and_role_by_its_thresholds() -> None:
     clock.now += 61
     health.connected()
     assert health.report()["error_rate"] == 0.0, "old failures leave the window"
-    health.set_role("standby")
+    health.follow(lambda: "standby")
     health.failed("read", StoreUnavailable("mongodb://app:hunter2@db.internal:27017 refused"))
     clock.now += 100
     standby = health.report()

@@ -9,6 +9,7 @@ election (waiting for nothing, or for ever) would take.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import threading
@@ -246,5 +247,104 @@ def test_without_redis_the_leader_steps_down_by_its_deadline_and_work_resumes(tm
             wait_until(lambda: pair.holder(client) in ("a", "b"), timeout=10, message="a new leader")
             wait_until(pair.publisher.caught_up, timeout=30, message="the backlog")
         assert pair.publisher.jobs() == pair.expected_jobs({before} | during)
+    finally:
+        pair.close()
+
+
+def log_lines(pair: Pair) -> int:
+    return sum(len(path.read_text().splitlines()) for path in pair.logs.values() if path.exists())
+
+
+def test_after_redis_loses_its_data_the_leader_takes_an_epoch_above_the_stores_in_one_step(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    pair = Pair(tmp_path, f"redis://127.0.0.1:{port}/0")
+    client = redis.Redis(port=port, socket_timeout=0.5)
+    epoch = f"{pair.lock_key}:epoch"
+    try:
+        with redis_server(port, tmp_path):
+            client.set(epoch, 100_000)  # a long-lived deployment's counter
+            started_leader(pair, client)
+            before = pair.publisher.publish(SHIPPED)
+            wait_until(pair.publisher.caught_up, message="a to process")
+            claimed = pair.publisher.sql.execute("SELECT epoch FROM resume_tokens").fetchone()[0]
+            assert claimed == 100_001
+        lines = log_lines(pair)
+        with redis_server(port, tmp_path):  # back, without its data: the counter starts again
+            restarted = time.monotonic()
+
+            def token_epoch() -> int:
+                return int(pair.publisher.sql.execute("SELECT epoch FROM resume_tokens").fetchone()[0])
+
+            wait_until(
+                lambda: token_epoch() > claimed, timeout=60, message="a leader to claim the store again"
+            )
+            took = time.monotonic() - restarted
+            assert int(client.get(epoch) or 0) == token_epoch(), "the counter goes on from the store's epoch"
+            after = pair.publisher.publish(SHIPPED)
+            wait_until(pair.publisher.caught_up, message="the new leader to process")
+        assert took <= TTL + RENEW + 1 + SCHEDULING, f"{took:.2f}s to lead again after Redis lost its data"
+        assert log_lines(pair) - lines < 50, "recovery is a few steps, not one per epoch"
+        assert pair.publisher.jobs() == pair.expected_jobs({before, after})
+    finally:
+        pair.close()
+
+
+COMMIT_LOG = """
+CREATE TABLE commits (n INTEGER PRIMARY KEY, before TEXT, after TEXT, epoch INTEGER, holder TEXT);
+CREATE TRIGGER commit_logged AFTER UPDATE ON resume_tokens BEGIN
+    INSERT INTO commits (before, after, epoch, holder) VALUES (old.token, new.token, new.epoch, new.holder);
+END;
+"""
+
+
+def test_three_instances_through_redis_restarts_without_data_commit_each_batch_once(tmp_path: Path) -> None:
+    port = free_port()
+    pair = Pair(tmp_path, f"redis://127.0.0.1:{port}/0")
+    pair.logs["c"] = tmp_path / "c.log"
+    pair.publisher.sql.executescript(COMMIT_LOG)
+    publisher = pair.publisher
+    try:
+        server = ExitStack()
+        server.enter_context(redis_server(port, tmp_path))
+        for name in ("a", "b", "c"):
+            pair.start(name)
+        wait_until(lambda: publisher.token() is not None, timeout=30, message="a leader to open its feed")
+
+        def epoch() -> int:
+            return int(publisher.sql.execute("SELECT epoch FROM resume_tokens").fetchone()[0])
+
+        claimed = epoch()
+        with Trickle(publisher) as trickle:
+            for restart in range(4):  # Redis killed at the end of each, back without its data
+                if restart:
+                    server.enter_context(redis_server(port, tmp_path))
+                    wait_until(
+                        lambda: epoch() > claimed,  # noqa: B023
+                        timeout=TTL + RENEW + 30,
+                        message=f"a leader to claim the store under Redis number {restart + 1}",
+                    )
+                claimed = epoch()
+                done = publisher.job_count()
+                wait_until(
+                    lambda: publisher.job_count() >= done + 20,  # noqa: B023
+                    timeout=TTL + RENEW + 30,
+                    message=f"progress under Redis number {restart + 1}",
+                )
+                server.close()
+        with redis_server(port, tmp_path):
+            wait_until(publisher.caught_up, timeout=60, message="the backlog")
+        commits = publisher.sql.execute("SELECT before, after FROM commits ORDER BY n").fetchall()
+        moves = [(int(before), int(after)) for before, after in commits if before != after]
+        assert all(after > before for before, after in moves), f"the token went backwards: {moves}"
+        ranges = sorted(moves)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges)), "a batch was committed twice"
+        assert publisher.jobs() == pair.expected_jobs(trickle.events)
+        assert publisher.job_count() == len(pair.expected_jobs(trickle.events))
+        counted = publisher.sql.execute("SELECT count FROM event_type_counts WHERE type = ?", (SHIPPED,))
+        assert counted.fetchone()[0] == len(trickle.events), "the projections equal a recount"
+        activity = publisher.sql.execute("SELECT events, jobs FROM client_activity").fetchall()
+        assert [tuple(row) for row in activity] == [(len(trickle.events), 2 * len(trickle.events))]
     finally:
         pair.close()
