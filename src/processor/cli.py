@@ -40,7 +40,8 @@ environment:
   FC_STREAM_BATCH_BYTES       most bytes of events per batch, but always one event (default 8 MiB)
   FC_STREAM_MAX_EVENT_BYTES   larger events are dead-lettered unread (default 16 MiB, MongoDB's limit)
   FC_STREAM_RESUME_TOKEN_KEY  Redis key of the resume token (default stream-processor)
-  FC_REDIS_URL                Redis URL for the resume token; unset: held in memory, lost on restart
+  FC_REDIS_URL                Redis URL for the resume token's mirror; unset: in memory (the store's
+                              own checkpoint is the position)
   FC_LOG_LEVEL                trace, debug, info, warn, error (default: RUST_LOG's level, else info)
   RUST_LOG                    read when FC_LOG_LEVEL is unset, as existing manifests set it
   FC_STANDBY_ENABLED          true: run as one of several instances, only the leader processes
@@ -79,7 +80,8 @@ def open_store(config: Config, metrics: Metrics) -> tuple[Store, Callable[[], ob
         # leader acquired the lock, not only once it saved a token of its own.
         shared = config.standby_enabled and lock_url(config) == config.redis_url
         tokens = RedisTokenStore(
-            redis.Redis.from_url(config.redis_url),
+            # A mirror that hangs must not hold back the commits it follows.
+            redis.Redis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0),
             config.stream_resume_token_key,
             instance=config.standby_instance_id,
             epoch_key=epoch_key(config.standby_lock_key) if shared else None,
@@ -181,7 +183,13 @@ def process(processor: Processor, lock: LeaderLock | None, prepare: Callable[[],
         if prepare is not None:
             processor.retry("create indexes", prepare)
         if lock is None:
-            processor.run()
+            fenced = processor.run()
+            if fenced is not None:  # alone, it cannot take over a store a leader claimed
+                raise StoreMisconfigured(
+                    f"{fenced}. The store was claimed under leader election: run with "
+                    "FC_STANDBY_ENABLED=true, or remove the epoch from the store (the resume_tokens "
+                    "row, or the stream_checkpoints document on MongoDB) to run one instance alone"
+                )
         else:
             lead(lock, processor)
     except StoreMisconfigured as error:

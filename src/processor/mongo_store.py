@@ -129,6 +129,8 @@ def newer(durable: str | None, mirror: str | None) -> str | None:
     when they are as late (it is written first)."""
     if durable is None or mirror is None:
         return durable or mirror
+    # A checkpoint without a cluster time (a first start's, before any event)
+    # is the oldest: the mirror is written after the durable one, never before.
 
     def moment(text: str) -> Timestamp:
         checkpoint = Checkpoint.loads(text)
@@ -489,7 +491,8 @@ class MongoStore:
             return
         if self._epoch is None or epoch > self._epoch or (epoch == self._epoch and holder != self._holder):
             raise Fenced(
-                f"checkpoint {self._checkpoint_key!r} was saved under epoch {epoch} by {holder}; "
+                f"checkpoint {self._checkpoint_key!r} was saved under epoch {epoch} "
+                f"by {holder or 'a leader'}; "
                 f"this instance writes under {self._epoch}",
                 epoch,
             )
@@ -502,7 +505,6 @@ class MongoStore:
         self._checkpoints.update_one(
             {"_id": self._checkpoint_key}, {"$set": fields}, upsert=True, session=session
         )
-        self._saved_at = time.monotonic()
 
     def open_feed(self, resume_after: str | None) -> MongoFeed:
         self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
@@ -518,13 +520,21 @@ class MongoStore:
         return self._subscriptions.changes()
 
     def fence(self, epoch: int, holder: str) -> None:
-        self._epoch, self._holder = epoch, holder
+        self._epoch, self._holder = epoch, holder  # what the claim checks, and writes
         with unavailable_on_failure("claim the checkpoint"), self.database.client.start_session() as session:
             session.with_transaction(lambda s: self._save_checkpoint(s, None))
-        self._tokens.fence(epoch, holder)
+        try:
+            self._tokens.fence(epoch, holder)
+        except StoreUnavailable as error:  # the mirror; the store's claim is made
+            log.warning("the resume token's mirror was not claimed (%s); the store's checkpoint was", error)
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         with unavailable_on_failure("commit"):
+            # Jobs are written outside the transaction (an existing one is done,
+            # which a transaction would abort on): a deposed leader is turned
+            # away before them, and, should it be deposed meanwhile, its jobs
+            # are the ones due anyway (their ids are the pairs').
+            self._claim(None)
             created = self._insert_jobs(batch.jobs)
             self._insert_dead_letters(batch.dead_letters)
             self._insert_filter_failures(batch.filter_failures)
@@ -622,6 +632,8 @@ class MongoStore:
 
         with self.database.client.start_session() as session:
             session.with_transaction(project)
+        if token is not None:
+            self._saved_at = time.monotonic()
 
     def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
         for name, writes in (

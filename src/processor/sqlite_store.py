@@ -651,7 +651,8 @@ class SqliteStore:
                 "SELECT epoch, holder FROM resume_tokens WHERE key = ?", (self._resume_key,)
             ).fetchone()
             raise Fenced(
-                f"resume token {self._resume_key!r} was saved under epoch {row['epoch']} by {row['holder']}; "
+                f"resume token {self._resume_key!r} was saved under epoch {row['epoch']} "
+                f"by {row['holder'] or 'an earlier version'}; "
                 f"this instance writes under {self._epoch}",
                 row["epoch"],
             )

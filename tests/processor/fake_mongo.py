@@ -9,8 +9,10 @@ store's error handling runs exactly as it would against a server.
 
 What it does not model: pymongo's automatic one-time resume of a change stream
 after a network error (an injected error always reaches the caller: the worse
-case), reads of a transaction's own uncommitted writes, and query operators
-beyond the few the store and these tests use.
+case), reads of a transaction's own uncommitted writes, write conflicts between
+concurrent transactions (the store's claim check relies on MongoDB raising one
+when two leaders write the checkpoint at once), and query operators beyond the
+few the store and these tests use.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from processor.cli import process
 from processor.leader import LeaderLock, Renewer, epoch_key, lead
 from processor.loop import Processor, Settings
 from processor.models import PENDING, DispatchJob
@@ -210,3 +211,16 @@ def test_the_role_follows_the_lock_when_it_is_lost_and_when_it_is_released(
     assert processor.health.report()["role"] == "standby"
     assert leading_gauge(processor) == 0
     assert client.get(key) is None
+
+
+def test_one_instance_alone_on_a_store_a_leader_claimed_exits_3_saying_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "store.db"
+    Publisher(db)
+    claimed = SqliteStore(db)
+    claimed.fence(4, "a 1")
+    claimed.open_feed(None)
+    processor = Processor(SqliteStore(db), Settings(max_wait=0.05))
+    assert process(processor, None, None) == 3, "not 0: a restart policy would start it again and again"
+    assert "FC_STANDBY_ENABLED=true" in caplog.text and "epoch 4" in caplog.text

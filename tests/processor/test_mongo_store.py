@@ -326,12 +326,42 @@ def test_the_checkpoint_refuses_a_smaller_epoch_and_the_same_epoch_from_another_
     assert refused.value.epoch == 5
     second.fence(6, "b 2")
     event = parse_event({"id": "e1", "type": SHIPPED, "client_id": "acme"}, datetime.now(UTC))
+    stored = fake.db["subscriptions"].find_one({"_id": "all"})
+    assert stored is not None
+    subscription = Subscription.model_validate({**stored, "id": "all"})
+    due = create_jobs(event, [subscription], datetime.now(UTC))
     token = Checkpoint(None, fake.cluster_time()).dumps()
     with pytest.raises(Fenced):
-        first.commit(ProcessedBatch([event], [], [], token))
+        first.commit(ProcessedBatch([event], due, [], token))
     assert counts(fake, "event_type_counts") == {}, "the refused batch counted nothing"
-    second.commit(ProcessedBatch([event], [], [], token))
-    assert counts(fake, "event_type_counts")[SHIPPED]["count"] == 1
+    assert job_count(fake) == 0, "a deposed leader is turned away before its jobs"
+    second.commit(ProcessedBatch([event], due, [], token))
+    assert counts(fake, "event_type_counts")[SHIPPED]["count"] == 1 and job_count(fake) == 1
+
+
+class UnreachableMirror(Tokens):
+    def fence(self, epoch: int, holder: str) -> None:
+        raise StoreUnavailable("redis: connection refused")
+
+
+def test_a_leader_claims_the_store_with_its_mirror_unreachable_and_an_idle_start_is_kept(
+    fake: FakeMongo,
+) -> None:
+    subscribe(fake, "all")
+    unreachable = UnreachableMirror()
+    store = MongoStore(fake.db, unreachable, Metrics())
+    store.fence(1, "a 1")  # the mirror's refusal to answer is logged, not waited for
+    with Running(store, unreachable, Metrics()):
+        pass  # idle: its first batch is empty, and its position the current point
+    store.close()
+    while_down = publish(fake)
+    tokens = Tokens()  # and Redis lost its data
+    second = MongoStore(fake.db, tokens, Metrics())
+    second.fence(2, "b 2")
+    with Running(second, tokens, Metrics()):
+        wait_until(lambda: job_count(fake) == 1, message="the event inserted while down")
+    second.close()
+    assert jobs(fake) == {(while_down, "all")}
 
 
 @pytest.mark.parametrize("reported_on", ["watch", "try_next"])
