@@ -167,7 +167,7 @@ def test_a_leader_whose_store_holds_a_larger_epoch_raises_its_own_past_it_in_one
     old = SqliteStore(db)
     old.fence(100_000, "old 1")  # before Redis lost its data
     old.open_feed(None)
-    lock = LeaderLock(client, key, "new", ttl=2.0, renew_interval=0.5)
+    lock = LeaderLock(client, key, "new", ttl=30.0, renew_interval=0.5)
     assert lock.try_acquire() and lock.epoch == 1, "the counter started again"
     store = SqliteStore(db)
     with pytest.raises(Fenced) as refused:
@@ -178,7 +178,7 @@ def test_a_leader_whose_store_holds_a_larger_epoch_raises_its_own_past_it_in_one
     store.fence(lock.epoch, lock.holder)
     with pytest.raises(Fenced):
         old.commit(ProcessedBatch([], [], [], "5"))
-    other = LeaderLock(client, key, "other", ttl=2.0, renew_interval=0.5)
+    other = LeaderLock(client, key, "other", ttl=30.0, renew_interval=0.5)
     assert not other.advance(5), "only the holder raises the epoch"
 
 
@@ -191,7 +191,7 @@ def test_the_role_follows_the_lock_when_it_is_lost_and_when_it_is_released(
 ) -> None:
     db = tmp_path / "store.db"
     Publisher(db)
-    lock = LeaderLock(client, key, "a", ttl=2.0, renew_interval=0.5)
+    lock = LeaderLock(client, key, "a", ttl=30.0, renew_interval=0.5)
     processor = Processor(SqliteStore(db), Settings(max_wait=0.05))
     leading = threading.Thread(target=lead, args=(lock, processor))
     leading.start()
