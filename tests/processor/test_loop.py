@@ -219,33 +219,37 @@ def test_a_failing_write_is_retried_and_the_token_waits_for_it(db: Path, publish
 
 
 class LockedStore(SqliteStore):
-    """Another writer holds the database when the first commit comes, for a while."""
+    """Another writer holds the database from the first commit of events on,
+    until the test releases it: no timer to race with the test's assertions."""
 
-    def __init__(self, path: Path, hold: float) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.locker: sqlite3.Connection | None = connect(path)
-        self.hold = hold
+        self.locker = connect(path)
+        self.locked = threading.Event()
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        if self.locker is not None and batch.events:
-            locker, self.locker = self.locker, None
-            locker.execute("BEGIN EXCLUSIVE")
-            threading.Timer(self.hold, locker.execute, ("COMMIT",)).start()
+        if batch.events and not self.locked.is_set():
+            self.locker.execute("BEGIN EXCLUSIVE")
+            self.locked.set()
         return super().commit(batch)
+
+    def release(self) -> None:
+        self.locker.execute("COMMIT")
 
 
 def test_a_locked_store_is_waited_out_with_backoff(db: Path, publisher: Publisher) -> None:
     publisher.subscribe("all", "*:*:*:*")
-    store = LockedStore(db, hold=2.5)
+    store = LockedStore(db)
     with Running(store, publisher) as processor:
         start = publisher.token()
         events = {publisher.publish(SHIPPED) for _ in range(20)}
         wait_until(
-            lambda: processor.metrics.store_errors.labels("commit", "StoreUnavailable")._value.get() >= 1,
-            message="a retry",
+            lambda: processor.metrics.store_errors.labels("commit", "StoreUnavailable")._value.get() >= 2,
+            message="retries",
         )
         assert publisher.token() == start, "nothing moved while the store was locked"
         assert not processor.health.report()["change_stream"]["connected"]
+        store.release()
         wait_until(publisher.caught_up)
     assert publisher.jobs() == {(event, "all") for event in events}
     assert processor.health.report()["change_stream"]["connected"]
