@@ -28,6 +28,7 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
+from processor.retry import policy
 from processor.store import (
     BATCH_BYTES,
     Batch,
@@ -276,27 +277,15 @@ class Processor:
         return result
 
     def _retrying_for(self, operation: str) -> tenacity.Retrying:
-        def note_failure(state: tenacity.RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            self.metrics.store_errors.labels(operation, type(error).__name__).inc()
-            self.health.failed(operation, error)
-            log.warning(
-                "%s failed (attempt %d), retrying in %.2fs: %s",
-                operation,
-                state.attempt_number,
-                state.next_action.sleep if state.next_action else 0.0,
-                error,
-            )
-
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_not_exception_type((StoreMisconfigured, Fenced)),
-            # "Full jitter": a random wait up to the capped exponential, so that
-            # instances that failed together do not retry together.
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.settings.backoff_initial, max=self.settings.backoff_max
-            ),
-            stop=lambda state: not self._may_continue(),
-            sleep=self._pause,
-            before_sleep=note_failure,
-            reraise=True,
+        return policy(
+            operation,
+            initial=self.settings.backoff_initial,
+            cap=self.settings.backoff_max,
+            may_continue=self._may_continue,
+            pause=self._pause,
+            failed=self._failed,
         )
+
+    def _failed(self, operation: str, error: BaseException | None) -> None:
+        self.metrics.store_errors.labels(operation, type(error).__name__).inc()
+        self.health.failed(operation, error)

@@ -27,9 +27,10 @@ from processor.models import (
     Subscription,
     parse_event,
 )
+from processor.retry import UNEXPECTED_ATTEMPTS
 from processor.sqlite_store import SqliteStore, _job, _job_row, connect, timestamp
 from processor.store import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
-from tests.processor.harness import Publisher, Running, wait_until
+from tests.processor.harness import FAST, Publisher, Running, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
 
@@ -253,6 +254,43 @@ def test_a_locked_store_is_waited_out_with_backoff(db: Path, publisher: Publishe
         wait_until(publisher.caught_up)
     assert publisher.jobs() == {(event, "all") for event in events}
     assert processor.health.report()["change_stream"]["connected"]
+
+
+class FaultyStore(SqliteStore):
+    """A store with a defect: its commit raises ``TypeError`` the first ``faults`` times."""
+
+    def __init__(self, path: Path, faults: int) -> None:
+        super().__init__(path, from_beginning=True)
+        self.faults = faults
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        if batch.events and self.faults > 0:
+            self.faults -= 1
+            raise TypeError("a defect in the store")
+        return super().commit(batch)
+
+
+def test_an_unexpected_error_is_retried_a_few_times_then_raised_not_retried_for_ever(
+    db: Path, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    publisher.publish(SHIPPED)
+    processor = Processor(FaultyStore(db, faults=1_000), FAST)
+    with pytest.raises(TypeError, match="a defect in the store"):
+        processor.run()  # in this thread: it returns, or raises
+    failures = processor.metrics.store_errors.labels("commit", "TypeError")._value.get()
+    assert failures == UNEXPECTED_ATTEMPTS - 1, "the last attempt is raised, not retried"
+    assert "commit failed unexpectedly (attempt 1 of 5)" in caplog.text
+    assert "Traceback" in caplog.text and "TypeError: a defect in the store" in caplog.text
+    assert publisher.job_count() == 0
+
+
+def test_an_unexpected_error_that_passes_is_retried_like_any_failure(db: Path, publisher: Publisher) -> None:
+    publisher.subscribe("all", "*:*:*:*")
+    event = publisher.publish(SHIPPED)
+    with Running(FaultyStore(db, faults=UNEXPECTED_ATTEMPTS - 1), publisher):
+        wait_until(publisher.caught_up, message="the commit to succeed at its last attempt")
+    assert publisher.jobs() == {(event, "all")}
 
 
 def test_replaying_events_creates_nothing_new(db: Path, publisher: Publisher) -> None:
