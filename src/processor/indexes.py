@@ -9,9 +9,9 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
-from processor.store import StoreMisconfigured
+from processor.store import StoreMisconfigured, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,15 @@ INDEXES = (
 
 def ensure_indexes(database: Database[dict[str, Any]]) -> list[str]:
     """Create what is missing; returns the names created. Raises ``StoreMisconfigured``
-    when an existing index stands in the way (the operator must act)."""
+    when an existing index stands in the way (the operator must act), and
+    ``StoreUnavailable`` when the server cannot be reached (to be retried)."""
+    try:
+        return _ensure(database)
+    except PyMongoError as error:
+        raise StoreUnavailable(f"creating indexes: {error}") from error
+
+
+def _ensure(database: Database[dict[str, Any]]) -> list[str]:
     created = []
     for spec in INDEXES:
         collection = database[spec.collection]

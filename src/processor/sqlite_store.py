@@ -614,9 +614,12 @@ class SqliteStore:
         self._uncounted_through: int | None = None  # the last event of the last batch they come from
 
     def resume_token(self) -> ResumeToken | None:
-        row = self._connection.execute(
-            "SELECT token FROM resume_tokens WHERE key = ?", (self._resume_key,)
-        ).fetchone()
+        try:
+            row = self._connection.execute(
+                "SELECT token FROM resume_tokens WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"sqlite: {error}") from error
         return None if row is None else str(row["token"])
 
     def open_feed(self, resume_after: ResumeToken | None) -> SqliteFeed:
