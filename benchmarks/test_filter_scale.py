@@ -41,8 +41,7 @@ import pytest
 from benchmarks.figures import VERDICTS, Figure, InTurn, measure, record
 from benchmarks.workload import INSERT_EVENT, START, LoopRound, fresh_copy, set_resume_token
 from processor.matching import SubscriptionMatcher
-from processor.metrics import Metrics
-from processor.sqlite_store import SqliteStore, connect, transaction
+from processor.stores.sqlite import SqliteStore, connect, transaction
 
 TABLE = "Filters at scale, events per second (embedded store, one client)"
 LOAD = "Loading filtered subscriptions"
@@ -203,7 +202,7 @@ def test_loading_1000_subscriptions_with_filter_queries(tmp_path: Path) -> None:
         started = time.perf_counter()
         matcher = SubscriptionMatcher()
         for change in store.subscription_changes():
-            matcher.apply(change, Metrics())
+            matcher.apply(change)
         best = min(best, time.perf_counter() - started)
         store.close()
         assert len(matcher) == 1_000

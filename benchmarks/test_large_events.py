@@ -27,7 +27,7 @@ import httpx
 
 from benchmarks.figures import MEASURES, VERDICTS, Figure, measure
 from benchmarks.processes import ProcessorChild
-from processor.sqlite_store import RESUME_KEY, connect
+from processor.stores.sqlite import RESUME_KEY, connect
 
 TABLE = "Events of 10 MB"
 EVENTS = 100

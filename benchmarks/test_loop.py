@@ -67,7 +67,7 @@ from benchmarks.workload import (
     job_rows,
     limit_round,
 )
-from processor.sqlite_store import RESUME_KEY, connect
+from processor.stores.sqlite import RESUME_KEY, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT = "Events per second, loop vs the store's limit (embedded store)"

@@ -37,7 +37,7 @@ from fastmatch import PatternIndex
 from processor.jobs import job_id
 from processor.loop import Processor, Settings
 from processor.models import PENDING
-from processor.sqlite_store import (
+from processor.stores.sqlite import (
     FEED_COLUMNS,
     RESUME_KEY,
     SqliteFeed,

@@ -20,7 +20,6 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from processor.catalog import Catalog, CorruptRecord, EventExists, Page, subscription_document
 from processor.health import Health
 from processor.metrics import Metrics
 from processor.models import (
@@ -33,7 +32,8 @@ from processor.models import (
     UtcTime,
 )
 from processor.ops import add_ops_routes
-from processor.store import StoreUnavailable
+from processor.stores.base import StoreUnavailable
+from processor.stores.sqlite import Catalog, CorruptRecord, EventExists, Page, subscription_document
 
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from processor.store import BATCH_BYTES, MAX_EVENT_BYTES
+from processor.stores.base import BATCH_BYTES, MAX_EVENT_BYTES
 
 SHUTDOWN_GRACE_SECONDS = 20.0  # after a stop request, how long the batch in hand may take
 

@@ -22,14 +22,13 @@ from typing import Any
 import uvicorn
 
 from processor.api import MAX_PAGE_SIZE, NewEvent, create_app
-from processor.catalog import Catalog
 from processor.config import SHUTDOWN_GRACE_SECONDS
 from processor.health import Health, Watchdog
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import SubscriptionFields
 from processor.shutdown import abandon
-from processor.sqlite_store import SqliteStore
+from processor.stores.sqlite import Catalog, SqliteStore
 
 log = logging.getLogger("fc-dev")
 

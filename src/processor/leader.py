@@ -9,7 +9,7 @@ the stream, and a deposed one can do no harm.
   that deadline it stops consuming, whatever Redis says later.
 - Writes of the resume token carry the epoch and the holder, and are refused
   once a newer leader exists, or another holder of the same epoch (see
-  ``resume.RedisTokenStore`` and ``SqliteStore.fence``), so a leader paused past
+  ``stores.mongo.RedisTokenStore`` and ``SqliteStore.fence``), so a leader paused past
   its TTL cannot overwrite its successor's progress.
 - The store remembers the epoch it was last claimed under, which Redis may
   forget (a restart without persistence starts the counter again): a leader
@@ -28,9 +28,7 @@ from collections.abc import Callable
 
 import redis
 
-from processor.loop import Processor
 from processor.periodic import Periodic
-from processor.store import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -195,32 +193,3 @@ class Renewer(Periodic):
             log.error("processing %s: no longer renewing the leader lock, a standby takes over", stall)
             return False
         return self._lock.renew() or self._lock.held()
-
-
-def lead(lock: LeaderLock, processor: Processor) -> None:
-    """Stand by until this instance holds the lock, process while it does, and go
-    back to standing by when it is lost; release it when asked to stop. The
-    role on ``/health`` and ``fc_stream_leader`` follow the lock itself: standby
-    from the moment it is released, lost or past its lease."""
-    health, metrics = processor.health, processor.metrics
-    health.follow(lambda: "leader" if lock.held() else "standby")
-    metrics.leader.set_function(lambda: float(lock.held()))
-    try:
-        while not processor.stop_requested.is_set():
-            if not lock.try_acquire():
-                processor.stop_requested.wait(lock.renew_interval)
-                continue
-            fenced = _process(lock, processor)
-            while fenced is not None and fenced.epoch is not None and lock.advance(fenced.epoch):
-                fenced = _process(lock, processor)
-            if not processor.stop_requested.is_set():
-                log.warning("no longer the leader (lease ended, lock lost, or fenced): standing by")
-                lock.release()
-    finally:
-        lock.release()
-
-
-def _process(lock: LeaderLock, processor: Processor) -> Fenced | None:
-    assert lock.epoch is not None
-    with Renewer(lock, processor.health.stall):
-        return processor.run(lease=lock.held, epoch=lock.epoch, holder=lock.holder)

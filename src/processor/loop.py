@@ -29,7 +29,7 @@ from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
 from processor.retry import policy
-from processor.store import (
+from processor.stores.base import (
     BATCH_BYTES,
     Batch,
     ChangeFeed,
@@ -148,6 +148,8 @@ class Processor:
 
     def process(self, batch: Batch) -> CommitReport:
         started = time.perf_counter()
+        if batch.history_lost:
+            self.metrics.lost_history.inc()
         # Read after the batch: every subscription committed before its events is seen.
         self._pending.extend(self.retry("load subscriptions", self.store.subscription_changes))
         now = self._clock()
@@ -161,7 +163,8 @@ class Processor:
             health.at(entry.position)  # what a stall names
             # Subscriptions as they stood when this event was inserted.
             while self._pending and self._pending[0].effective_after < entry.order:
-                self.matcher.apply(self._pending.popleft(), self.metrics)
+                if not self.matcher.apply(self._pending.popleft()):
+                    self.metrics.subscriptions_invalid.inc()
             try:
                 event = entry.event()
                 matched, failed = self.matcher.match(event)

@@ -19,10 +19,9 @@ from pydantic import ValidationError
 
 from fastmatch import PatternIndex
 from processor.filter_index import Failed, FilterIndex, Matched
-from processor.metrics import Metrics
 from processor.models import Event, Subscription, describe
 from processor.predicates import Selections, conditions
-from processor.store import SubscriptionChange
+from processor.stores.base import SubscriptionChange
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,12 @@ class SubscriptionMatcher:
         """Active subscriptions held."""
         return len(self._subscriptions)
 
-    def apply(self, change: SubscriptionChange, metrics: Metrics) -> None:
-        """Apply one write; a stored subscription that breaks the contract is
-        skipped with an error log (and dropped), and the others keep working."""
+    def apply(self, change: SubscriptionChange) -> bool:
+        """Apply one write; False when the stored subscription breaks the contract:
+        it is skipped with an error log (and dropped), and the others keep working."""
         if change.document is None:
             self.discard(change.subscription_id)
-            return
+            return True
         try:
             self.put(Subscription.model_validate(change.document))
         except ValidationError as error:
@@ -51,9 +50,9 @@ class SubscriptionMatcher:
         except Exception:  # a defect of ours that one subscription finds must not stop every other
             log.exception("subscription %r skipped: it could not be indexed", change.subscription_id)
         else:
-            return
-        metrics.subscriptions_invalid.inc()
+            return True
         self.discard(change.subscription_id)
+        return False
 
     def put(self, subscription: Subscription) -> None:
         """Add, replace or (when inactive) drop a subscription."""

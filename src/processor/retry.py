@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import tenacity
 
-from processor.store import Fenced, StoreMisconfigured, StoreUnavailable
+from processor.stores.base import Fenced, StoreMisconfigured, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.sqlite_store import SqliteStore
+from processor.stores.sqlite import SqliteStore
 from tests.processor.harness import Publisher
 
 

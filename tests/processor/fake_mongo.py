@@ -34,8 +34,8 @@ from pymongo.results import BulkWriteResult, DeleteResult, InsertManyResult, Ins
 
 from processor.loop import Processor, Settings
 from processor.metrics import Metrics
-from processor.mongo_store import Checkpoint
-from processor.store import Store
+from processor.stores.base import Store
+from processor.stores.mongo import Checkpoint
 from tests.processor.harness import FAST, wait_until
 
 Document = dict[str, Any]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from processor.loop import Processor, Settings
-from processor.sqlite_store import connect
-from processor.store import Store
+from processor.stores.base import Store
+from processor.stores.sqlite import connect
 
 FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
 

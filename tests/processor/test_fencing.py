@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from processor.cli import process
-from processor.leader import LeaderLock, Renewer, epoch_key, lead
+from processor.leader import LeaderLock, Renewer, epoch_key
 from processor.loop import Processor, Settings
 from processor.models import PENDING, DispatchJob
-from processor.resume import RedisTokenStore
-from processor.sqlite_store import SqliteStore
-from processor.store import Fenced, ProcessedBatch
+from processor.runner import lead, process
+from processor.stores.base import Fenced, ProcessedBatch
+from processor.stores.mongo import RedisTokenStore
+from processor.stores.sqlite import SqliteStore
 from tests.processor.harness import Clock, Publisher, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

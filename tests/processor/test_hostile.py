@@ -16,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.models import MAX_DEAD_LETTER_RAW
-from processor.sqlite_store import FEED_COLUMNS
+from processor.stores.sqlite import FEED_COLUMNS
 from tests.processor.harness import Publisher, free_port, spawn_processor, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"

@@ -28,8 +28,8 @@ from processor.models import (
     parse_event,
 )
 from processor.retry import UNEXPECTED_ATTEMPTS
-from processor.sqlite_store import SqliteStore, _job, _job_row, connect, timestamp
-from processor.store import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.base import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.sqlite import SqliteStore, connect, job_from_row, job_row, timestamp
 from tests.processor.harness import FAST, Publisher, Running, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
@@ -461,7 +461,7 @@ def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
     assert store.commit(ProcessedBatch([], mixed, [], "2")) == CommitReport(jobs_created=2, duplicates=2)
     twice = [job("e5", "a"), job("e5", "a")]
     assert store.commit(ProcessedBatch([], twice, [], "3")) == CommitReport(jobs_created=1, duplicates=1)
-    assert [_job(_job_row(j)) for j in first] == first, "a job's row reads back as the job"
+    assert [job_from_row(job_row(j)) for j in first] == first, "a job's row reads back as the job"
     store.close()
     assert publisher.job_count() == 5
     stats = dict(publisher.sql.execute("SELECT subscription_id, jobs_created FROM subscription_stats"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pymongo.errors import OperationFailure
 
-from processor.indexes import INDEXES, MARKS_KEPT_SECONDS, ensure_indexes
-from processor.store import StoreMisconfigured, StoreUnavailable
+from processor.stores.base import StoreMisconfigured, StoreUnavailable
+from processor.stores.mongo import INDEXES, MARKS_KEPT_SECONDS, ensure_indexes
 from tests.processor.fake_mongo import Document, FakeMongo
 
 JOBS_UNIQUE = "dispatch_jobs_event_subscription"

@@ -16,11 +16,10 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from processor.indexes import INDEXES, ensure_indexes
 from processor.jobs import job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.mongo_store import Checkpoint, MongoFeed, MongoStore
+from processor.stores.mongo import INDEXES, Checkpoint, MongoFeed, MongoStore, ensure_indexes
 from tests.processor.fake_mongo import Document, Running, Tokens, sample
 from tests.processor.harness import FAST, wait_until
 
@@ -97,7 +96,7 @@ def ancient(token: Document) -> Document:
 def test_inserted_events_become_jobs(db: Database[Document]) -> None:
     subscribe(db, "all")
     tokens, metrics = Tokens(), Metrics()
-    store = MongoStore(db, tokens, metrics)
+    store = MongoStore(db, tokens)
     with Running(store, tokens, metrics):
         event = publish(db, data={"at": datetime(2024, 5, 1, tzinfo=UTC)})
         wait_until(lambda: job_count(db) == 1, timeout=30)
@@ -116,14 +115,14 @@ def test_inserted_events_become_jobs(db: Database[Document]) -> None:
 def test_a_restart_resumes_after_the_saved_token(db: Database[Document]) -> None:
     subscribe(db, "all")
     tokens = Tokens()
-    first = MongoStore(db, tokens, Metrics())
+    first = MongoStore(db, tokens)
     with Running(first, tokens, Metrics()):
         before = publish(db)
         wait_until(lambda: job_count(db) == 1, timeout=30)
     first.close()
     while_down = [publish(db), publish(db)]
     metrics = Metrics()
-    second = MongoStore(db, tokens, metrics)
+    second = MongoStore(db, tokens)
     with Running(second, tokens, metrics):
         wait_until(lambda: job_count(db) == 3, timeout=30)
     second.close()
@@ -134,7 +133,7 @@ def test_a_restart_resumes_after_the_saved_token(db: Database[Document]) -> None
 def test_a_replayed_batch_creates_no_duplicates(db: Database[Document]) -> None:
     subscribe(db, "all")
     tokens, metrics = Tokens(), Metrics()
-    store = MongoStore(db, tokens, metrics)
+    store = MongoStore(db, tokens)
     processor = Processor(store, FAST, metrics)
     feed = store.open_feed(None)
     processor.process(processor.retry("read", feed.next_batch, 50, FAST.max_wait))
@@ -166,7 +165,7 @@ def test_lost_history_is_caught_up_from_the_events_collection(
 ) -> None:
     subscribe(db, "all")
     tokens = Tokens()
-    first = MongoStore(db, tokens, Metrics())
+    first = MongoStore(db, tokens)
     with Running(first, tokens, Metrics()):
         processed = publish(db)
         wait_until(lambda: job_count(db) == 1, timeout=30)
@@ -176,8 +175,8 @@ def test_lost_history_is_caught_up_from_the_events_collection(
     tokens.value = Checkpoint(ancient(saved.resume_token), saved.cluster_time).dumps()
     while_down = [publish(db), publish(db)]
     metrics = Metrics()
-    second = MongoStore(db, tokens, metrics)
-    with caplog.at_level(logging.WARNING, logger="processor.mongo_store"), Running(second, tokens, metrics):
+    second = MongoStore(db, tokens)
+    with caplog.at_level(logging.WARNING, logger="processor.stores.mongo"), Running(second, tokens, metrics):
         wait_until(lambda: job_count(db) == 3, timeout=30, message="the catch-up")
         after = publish(db)
         wait_until(lambda: job_count(db) == 4, timeout=30, message="the new stream")

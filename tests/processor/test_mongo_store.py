@@ -16,13 +16,19 @@ from bson import Decimal128, ObjectId, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS as CANONICAL
 from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 
-from processor.indexes import ensure_indexes
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import MAX_DEAD_LETTER_RAW, Subscription, parse_event
-from processor.mongo_store import CATCH_UP_MARGIN, Checkpoint, MongoFeed, MongoStore, job_document
-from processor.store import CommitReport, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.base import CommitReport, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.mongo import (
+    CATCH_UP_MARGIN,
+    Checkpoint,
+    MongoFeed,
+    MongoStore,
+    ensure_indexes,
+    job_document,
+)
 from tests.processor.fake_mongo import Document, FakeMongo, Running, Tokens, sample
 from tests.processor.harness import FAST, wait_until
 
@@ -61,7 +67,7 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def mongo(fake: FakeMongo, tokens: Tokens, metrics: Metrics) -> Iterator[MongoStore]:
-    store = MongoStore(fake.db, tokens, metrics)
+    store = MongoStore(fake.db, tokens)
     yield store
     store.close()
 
@@ -276,14 +282,14 @@ def test_a_write_error_other_than_a_duplicate_is_retried_until_written(
 
 def test_a_restart_resumes_after_the_saved_token(fake: FakeMongo, tokens: Tokens) -> None:
     subscribe(fake, "all")
-    first = MongoStore(fake.db, tokens, Metrics())
+    first = MongoStore(fake.db, tokens)
     with Running(first, tokens, Metrics()):
         before = [publish(fake), publish(fake)]
         wait_until(lambda: job_count(fake) == 2, message="jobs before the stop")
     first.close()
     while_down = [publish(fake), publish(fake)]
     metrics = Metrics()
-    second = MongoStore(fake.db, tokens, metrics)
+    second = MongoStore(fake.db, tokens)
     with Running(second, tokens, metrics):
         after = publish(fake)
         wait_until(lambda: job_count(fake) == 5, message="jobs after the restart")
@@ -300,7 +306,7 @@ def test_a_restart_whose_token_store_is_empty_resumes_from_the_stores_checkpoint
     for run in range(3):
         tokens = Tokens()  # as Redis is after a restart without its data, or when there is none
         metrics = Metrics()
-        store = MongoStore(fake.db, tokens, metrics)
+        store = MongoStore(fake.db, tokens)
         with Running(store, tokens, metrics):
             published += [publish(fake), publish(fake)]
             due = len(published)
@@ -319,7 +325,7 @@ def test_the_checkpoint_refuses_a_smaller_epoch_and_the_same_epoch_from_another_
     fake: FakeMongo,
 ) -> None:
     subscribe(fake, "all")
-    first, second = MongoStore(fake.db, Tokens(), Metrics()), MongoStore(fake.db, Tokens(), Metrics())
+    first, second = MongoStore(fake.db, Tokens()), MongoStore(fake.db, Tokens())
     first.fence(5, "a 1")
     with pytest.raises(Fenced) as refused:
         second.fence(5, "b 2")
@@ -349,14 +355,14 @@ def test_a_leader_claims_the_store_with_its_mirror_unreachable_and_an_idle_start
 ) -> None:
     subscribe(fake, "all")
     unreachable = UnreachableMirror()
-    store = MongoStore(fake.db, unreachable, Metrics())
+    store = MongoStore(fake.db, unreachable)
     store.fence(1, "a 1")  # the mirror's refusal to answer is logged, not waited for
     with Running(store, unreachable, Metrics()):
         pass  # idle: its first batch is empty, and its position the current point
     store.close()
     while_down = publish(fake)
     tokens = Tokens()  # and Redis lost its data
-    second = MongoStore(fake.db, tokens, Metrics())
+    second = MongoStore(fake.db, tokens)
     second.fence(2, "b 2")
     with Running(second, tokens, Metrics()):
         wait_until(lambda: job_count(fake) == 1, message="the event inserted while down")
@@ -370,7 +376,7 @@ def test_lost_history_is_caught_up_from_the_events_collection(
 ) -> None:
     fake = FakeMongo(lost_history_on="watch" if reported_on == "watch" else "try_next")
     subscribe(fake, "all")
-    first = MongoStore(fake.db, tokens, Metrics())
+    first = MongoStore(fake.db, tokens)
     with Running(first, tokens, Metrics()):
         processed = publish(fake)
         invalid = publish(fake, client_id=None)
@@ -383,8 +389,8 @@ def test_lost_history_is_caught_up_from_the_events_collection(
     fake.truncate_oplog()  # all but the newest entry: the saved token is gone
 
     metrics = Metrics()
-    second = MongoStore(fake.db, tokens, metrics)
-    with caplog.at_level(logging.WARNING, logger="processor.mongo_store"), Running(second, tokens, metrics):
+    second = MongoStore(fake.db, tokens)
+    with caplog.at_level(logging.WARNING, logger="processor.stores.mongo"), Running(second, tokens, metrics):
         wait_until(lambda: job_count(fake) == 4, message="the events inserted while down")
         after = publish(fake)
         wait_until(lambda: job_count(fake) == 5, message="the stream to be followed again")
@@ -415,8 +421,8 @@ def test_lost_history_without_a_position_starts_from_the_current_point(
     fake.truncate_oplog()
     tokens = Tokens(Checkpoint(lost, None).dumps())  # as saved before positions were kept
     metrics = Metrics()
-    store = MongoStore(fake.db, tokens, metrics)
-    with caplog.at_level(logging.WARNING, logger="processor.mongo_store"), Running(store, tokens, metrics):
+    store = MongoStore(fake.db, tokens)
+    with caplog.at_level(logging.WARNING, logger="processor.stores.mongo"), Running(store, tokens, metrics):
         later = publish(fake)
         wait_until(lambda: job_count(fake) == 1, message="a job for the event after the start")
     store.close()
@@ -433,7 +439,7 @@ def test_a_catch_up_interrupted_by_a_network_error_goes_on_where_it_stopped(
     fake: FakeMongo, tokens: Tokens
 ) -> None:
     subscribe(fake, "all")
-    first = MongoStore(fake.db, tokens, Metrics())
+    first = MongoStore(fake.db, tokens)
     with Running(first, tokens, Metrics()):
         processed = publish(fake)
         wait_until(lambda: job_count(fake) == 1)
@@ -442,7 +448,7 @@ def test_a_catch_up_interrupted_by_a_network_error_goes_on_where_it_stopped(
     fake.db["elsewhere"].insert_one({"_id": 1})
     fake.truncate_oplog()
     metrics = Metrics()
-    store = MongoStore(fake.db, tokens, metrics)
+    store = MongoStore(fake.db, tokens)
     stepper = Stepper(store, metrics, tokens.value)
     fake.fail_next("cursor_next", AutoReconnect("connection reset"), after=3, collection="events")
     for _ in range(8):
@@ -719,7 +725,7 @@ def test_a_filter_that_fails_fails_its_pair_alone_and_is_recorded_once(
 def test_batches_are_bounded_by_bytes_and_an_event_over_the_cap_is_dead_lettered_small(
     fake: FakeMongo, tokens: Tokens, metrics: Metrics
 ) -> None:
-    store = MongoStore(fake.db, tokens, metrics, max_event_bytes=100_000)
+    store = MongoStore(fake.db, tokens, max_event_bytes=100_000)
     stepper = Stepper(store, metrics)
     stepper.step()
     subscribe(fake, "all")

@@ -16,8 +16,7 @@ from processor.config import Thresholds
 from processor.health import Health
 from processor.loop import Processor
 from processor.ops import OpsServer, ops_app
-from processor.sqlite_store import SqliteStore
-from processor.store import (
+from processor.stores.base import (
     BATCH_BYTES,
     Batch,
     CommitReport,
@@ -25,6 +24,7 @@ from processor.store import (
     StoreUnavailable,
     SubscriptionChange,
 )
+from processor.stores.sqlite import SqliteStore
 from tests.processor.harness import FAST, Clock, Publisher, free_port, spawn_processor, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import redis
 
-from processor.store import Fenced, StoreMisconfigured, StoreUnavailable
+from processor.stores.base import Fenced, StoreMisconfigured, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from processor.store import StoreMisconfigured, StoreUnavailable
+from processor.stores.base import StoreMisconfigured, StoreUnavailable
+from processor.stores.mongo.documents import DUPLICATE_KEY
 
 log = logging.getLogger(__name__)
 
 INDEX_OPTIONS_CONFLICT = 85
 INDEX_KEY_SPECS_CONFLICT = 86
-DUPLICATE_KEY = 11000
 MARKS_KEPT_SECONDS = 7 * 24 * 3600  # far longer than any oplog window a replay could reach back
 
 

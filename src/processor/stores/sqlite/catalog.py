@@ -23,14 +23,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from processor.models import Subscription, SubscriptionFields, SubscriptionPatch, describe
-from processor.sqlite_store import (
+from processor.stores.sqlite.rows import JOB_COLUMNS, decode_subscription_row, timestamp
+from processor.stores.sqlite.schema import (
     EVENT_COLUMNS,
-    JOB_COLUMNS,
     JSON_COLUMNS,
     SUBSCRIPTION_COLUMNS,
     connect,
-    decode_subscription_row,
-    timestamp,
     transaction,
 )
 

@@ -72,6 +72,7 @@ class Batch:
     entries: list[FeedEntry]
     resume_token: ResumeToken | None  # resume after this batch; may move on an empty one
     more: bool = False  # events wait beyond it: the batch was cut by its limits, not by the feed's end
+    history_lost: bool = False  # the feed lost its place before this batch, and recovered what it could
 
 
 @dataclass(frozen=True, slots=True)

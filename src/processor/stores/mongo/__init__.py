@@ -1,0 +1,29 @@
+"""The production store: MongoDB's change streams and collections.
+
+``feed`` follows the events collection (and catches up from it when the
+stream lost its history), ``subscriptions`` keeps the subscriptions current,
+``store`` writes jobs, dead letters, projections and the checkpoint,
+``checkpoint`` is the saved position, ``tokens`` its mirror in Redis,
+``documents`` the codecs, ``indexes`` what the store needs to be correct.
+Outside this package, only the names below are used."""
+
+from processor.stores.mongo.checkpoint import Checkpoint
+from processor.stores.mongo.documents import job_document
+from processor.stores.mongo.feed import CATCH_UP_MARGIN, MongoFeed
+from processor.stores.mongo.indexes import INDEXES, MARKS_KEPT_SECONDS, ensure_indexes
+from processor.stores.mongo.store import MongoStore
+from processor.stores.mongo.tokens import MemoryTokenStore, RedisTokenStore, TokenStore
+
+__all__ = [
+    "CATCH_UP_MARGIN",
+    "INDEXES",
+    "MARKS_KEPT_SECONDS",
+    "Checkpoint",
+    "MemoryTokenStore",
+    "MongoFeed",
+    "MongoStore",
+    "RedisTokenStore",
+    "TokenStore",
+    "ensure_indexes",
+    "job_document",
+]

@@ -1,0 +1,297 @@
+"""The MongoDB store: the events collection's change stream, and the
+repositories of subscriptions, dispatch jobs, dead letters and projections.
+
+Loss and duplication are ruled out where implementations of this design
+usually fail:
+
+- the resume token is saved only after its batch is written, with the
+  position (cluster time) of the last processed event;
+- when the stored token has left the oplog, a new stream is opened first and
+  the events collection is read from that position up to where the stream
+  starts, so nothing inserted in between is skipped (job ids are deterministic
+  and unique, so the overlap costs nothing);
+- jobs are inserted with ``insert_many(ordered=False)``: a duplicate key means
+  the job exists already, any other write error is retried;
+- projections are updated in a transaction together with marks of the events
+  and jobs they counted, so a replayed batch is never counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from pymongo import InsertOne, UpdateOne
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from processor.jobs import job_id
+from processor.models import DeadLetter, DispatchJob, Event, FilterFailure
+from processor.projections import ProjectionDelta, event_key
+from processor.stores.base import (
+    MAX_EVENT_BYTES,
+    CommitReport,
+    Fenced,
+    ProcessedBatch,
+    StoreUnavailable,
+    SubscriptionChange,
+)
+from processor.stores.mongo.checkpoint import Checkpoint, newer
+from processor.stores.mongo.documents import (
+    CHECKPOINTS,
+    CLIENT_ACTIVITY,
+    DEAD_LETTERS,
+    DUPLICATE_KEY,
+    EVENT_TYPE_COUNTS,
+    FILTER_FAILURES,
+    IDLE_CHECKPOINT_SECONDS,
+    JOBS,
+    PROJECTION_MARKS,
+    SUBSCRIPTION_STATS,
+    Document,
+    dead_letter_document,
+    job_document,
+    unavailable_on_failure,
+)
+from processor.stores.mongo.feed import MongoFeed
+from processor.stores.mongo.subscriptions import MongoSubscriptions
+from processor.stores.mongo.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+class MongoStore:
+    """The production store. Its position is its own: each batch's checkpoint
+    is written to ``stream_checkpoints`` in the transaction that counts the
+    batch in the projections, under the leader's epoch and holder; the token
+    store (Redis, as the spec has it) keeps a mirror, read too at start, so
+    that a Redis that lost its data, or none at all, never moves the position."""
+
+    def __init__(
+        self,
+        database: Database[Document],
+        tokens: TokenStore,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        checkpoint_key: str = "stream-processor",
+    ) -> None:
+        self.database = database
+        self._max_event_bytes = max_event_bytes
+        self._tokens = tokens
+        self._subscriptions = MongoSubscriptions(database)
+        self._jobs = database[JOBS]
+        self._checkpoints = database[CHECKPOINTS]
+        self._checkpoint_key = checkpoint_key
+        self._epoch: int | None = None
+        self._holder: str | None = None
+        self._saved_at = -IDLE_CHECKPOINT_SECONDS  # monotonic time of the last checkpoint written
+        self._inserted_before_failure: set[str] = set()  # by failed attempts at the batch in hand
+
+    def resume_token(self) -> str | None:
+        with unavailable_on_failure("load the checkpoint"):
+            saved = self._checkpoints.find_one({"_id": self._checkpoint_key})
+        durable = None if saved is None else saved.get("checkpoint")
+        try:
+            mirror = self._tokens.load()
+        except StoreUnavailable as error:
+            if durable is None:
+                raise
+            log.warning(
+                "the resume token's mirror cannot be read (%s): resuming from the store's checkpoint", error
+            )
+            mirror = None
+        return newer(durable, mirror)
+
+    def _claim(self, session: ClientSession | None) -> None:
+        """Refuse (``Fenced``) when the checkpoint was saved under a larger epoch,
+        or under this one by another holder; read in the transaction that writes it."""
+        saved = self._checkpoints.find_one({"_id": self._checkpoint_key}, session=session) or {}
+        epoch, holder = saved.get("epoch"), saved.get("holder")
+        if epoch is None:
+            return
+        if self._epoch is None or epoch > self._epoch or (epoch == self._epoch and holder != self._holder):
+            raise Fenced(
+                f"checkpoint {self._checkpoint_key!r} was saved under epoch {epoch} "
+                f"by {holder or 'a leader'}; "
+                f"this instance writes under {self._epoch}",
+                epoch,
+            )
+
+    def _save_checkpoint(self, session: ClientSession | None, token: str | None) -> None:
+        self._claim(session)
+        fields: Document = {"epoch": self._epoch, "holder": self._holder, "saved_at": datetime.now(UTC)}
+        if token is not None:
+            fields["checkpoint"] = token
+        self._checkpoints.update_one(
+            {"_id": self._checkpoint_key}, {"$set": fields}, upsert=True, session=session
+        )
+
+    def open_feed(self, resume_after: str | None) -> MongoFeed:
+        self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
+        self._inserted_before_failure.clear()
+        return MongoFeed(
+            self.database,
+            Checkpoint.loads(resume_after),
+            max_event_bytes=self._max_event_bytes,
+        )
+
+    def subscription_changes(self) -> list[SubscriptionChange]:
+        return self._subscriptions.changes()
+
+    def fence(self, epoch: int, holder: str) -> None:
+        self._epoch, self._holder = epoch, holder  # what the claim checks, and writes
+        with unavailable_on_failure("claim the checkpoint"), self.database.client.start_session() as session:
+            session.with_transaction(lambda s: self._save_checkpoint(s, None))
+        try:
+            self._tokens.fence(epoch, holder)
+        except StoreUnavailable as error:  # the mirror; the store's claim is made
+            log.warning("the resume token's mirror was not claimed (%s); the store's checkpoint was", error)
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        with unavailable_on_failure("commit"):
+            # Jobs are written outside the transaction (an existing one is done,
+            # which a transaction would abort on): a deposed leader is turned
+            # away before them, and, should it be deposed meanwhile, its jobs
+            # are the ones due anyway (their ids are the pairs').
+            self._claim(None)
+            created = self._insert_jobs(batch.jobs)
+            self._insert_dead_letters(batch.dead_letters)
+            self._insert_filter_failures(batch.filter_failures)
+            self._project(batch.events, batch.jobs, batch.resume_token)
+        if batch.resume_token is not None:
+            self._mirror(batch.resume_token)
+        self._inserted_before_failure.clear()
+        return CommitReport(jobs_created=created, duplicates=len(batch.jobs) - created)
+
+    def _mirror(self, token: str) -> None:
+        """The token store's copy: the durable checkpoint is written already, so
+        a Redis that cannot be reached holds nothing back (a newer leader does)."""
+        try:
+            self._tokens.save(token)
+        except StoreUnavailable as error:
+            log.warning("the resume token's mirror was not saved (%s); the store's checkpoint was", error)
+
+    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> int:
+        """Insert every job; one that exists already is done. Returns how many were new,
+        counting those a failed attempt at this same batch inserted."""
+        if not jobs:
+            return 0
+        try:
+            inserted = len(
+                self._jobs.insert_many([job_document(j) for j in jobs], ordered=False).inserted_ids
+            )
+            return inserted + len(self._inserted_before_failure)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            failed = {e.get("index") for e in errors}
+            fresh = {job.id for n, job in enumerate(jobs) if n not in failed}
+            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if others:  # retried as a whole: what this attempt inserted will be a duplicate then
+                self._inserted_before_failure |= fresh
+                raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
+            earlier = {jobs[n].id for n in failed} & self._inserted_before_failure
+            return len(fresh) + len(earlier)
+
+    def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        self.database[DEAD_LETTERS].bulk_write(
+            [
+                UpdateOne(
+                    # By event when known: a catch-up re-reads events under other positions.
+                    {"_id": letter.position if letter.event_id is None else letter.event_id},
+                    {"$setOnInsert": dead_letter_document(letter)},
+                    upsert=True,
+                )
+                for letter in letters
+            ],
+            ordered=False,
+        )
+
+    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
+        if not failures:
+            return
+        self.database[FILTER_FAILURES].bulk_write(
+            [
+                UpdateOne(
+                    {"_id": job_id(failure.event_id, failure.subscription_id)},
+                    {"$setOnInsert": asdict(failure)},
+                    upsert=True,
+                )
+                for failure in failures
+            ],
+            ordered=False,
+        )
+
+    def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob], token: str | None) -> None:
+        """Count each event and each job once, ever, and save the checkpoint: in one
+        transaction, check the claim, mark what is counted and count what was not
+        marked yet."""
+        marks = self.database[PROJECTION_MARKS]
+        keys = [f"event:{e.id}" for e in events] + [f"job:{j.id}" for j in jobs]
+        if not keys and (token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS):
+            # An empty batch's position loses nothing by waiting; and saving it
+            # writes to the oplog, which moves the idle stream's token again.
+            return
+
+        def project(session: ClientSession) -> None:
+            self._save_checkpoint(session, token)  # first: refused, it writes nothing
+            if not keys:
+                return
+            seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
+            delta = ProjectionDelta.of(
+                (event_key(e) for e in events if f"event:{e.id}" not in seen),
+                (j for j in jobs if f"job:{j.id}" not in seen),
+            )
+            now = datetime.now(UTC)
+            new = [InsertOne({"_id": key, "at": now}) for key in keys if key not in seen]
+            if new:
+                marks.bulk_write(new, ordered=False, session=session)
+            self._apply(delta, session)
+
+        with self.database.client.start_session() as session:
+            session.with_transaction(project)
+        if token is not None:
+            self._saved_at = time.monotonic()
+
+    def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
+        for name, writes in (
+            (
+                EVENT_TYPE_COUNTS,
+                [
+                    UpdateOne({"_id": t}, {"$inc": {"count": n}}, upsert=True)
+                    for t, n in delta.event_types.items()
+                ],
+            ),
+            (
+                SUBSCRIPTION_STATS,
+                [
+                    UpdateOne(
+                        {"_id": key},
+                        {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
+                        upsert=True,
+                    )
+                    for key, jobs, last in delta.subscription_rows()
+                ],
+            ),
+            (
+                CLIENT_ACTIVITY,
+                [
+                    UpdateOne(
+                        {"_id": key},
+                        {"$inc": {"events": events, "jobs": jobs}}
+                        | ({"$max": {"last_event_time": last}} if last else {}),
+                        upsert=True,
+                    )
+                    for key, events, jobs, last in delta.client_rows()
+                ],
+            ),
+        ):
+            if writes:
+                self.database[name].bulk_write(writes, ordered=False, session=session)
+
+    def close(self) -> None:
+        self._subscriptions.close()

@@ -1,0 +1,29 @@
+"""The embedded store: SQLite in WAL mode, for development, tests and ``fc-dev``.
+
+``schema`` holds the tables and transactions, ``rows`` the value codecs, ``feed``
+the change feed over ``events``, ``store`` the processor's side, ``catalog``
+the API's side. Outside this package, only the names below are used."""
+
+from processor.stores.sqlite.catalog import Catalog, CorruptRecord, EventExists, Page, subscription_document
+from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed
+from processor.stores.sqlite.rows import job_from_row, job_row, timestamp
+from processor.stores.sqlite.schema import connect, transaction
+from processor.stores.sqlite.store import FOLD_EVENTS, RESUME_KEY, SqliteStore
+
+__all__ = [
+    "FEED_COLUMNS",
+    "FOLD_EVENTS",
+    "RESUME_KEY",
+    "Catalog",
+    "CorruptRecord",
+    "EventExists",
+    "Page",
+    "SqliteFeed",
+    "SqliteStore",
+    "connect",
+    "job_from_row",
+    "job_row",
+    "subscription_document",
+    "timestamp",
+    "transaction",
+]

@@ -1,0 +1,236 @@
+"""The embedded store's tables, and the connections and transactions over them."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from processor.stores.base import (
+    StoreUnavailable,
+)
+
+BUSY_TIMEOUT_MS = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE DEFAULT (lower(hex(randomblob(16)))),
+    type           TEXT,
+    client_id      TEXT,
+    source         TEXT,
+    time           TEXT,
+    data           TEXT,
+    metadata       TEXT,
+    subject        TEXT,
+    correlation_id TEXT,
+    causation_id   TEXT,
+    received_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS events_type ON events (type);
+CREATE INDEX IF NOT EXISTS events_client_time ON events (client_id, time);
+
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id                 TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))),
+    client_id          TEXT,
+    name               TEXT,
+    event_type_pattern TEXT,
+    target             TEXT,
+    pool_code          TEXT,
+    active             INTEGER NOT NULL DEFAULT 1,
+    filters            TEXT,
+    created_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS subscriptions_client_active ON subscriptions (client_id, active);
+
+-- Every write to subscriptions, however made, is logged here with the row as it
+-- became (NULL once deleted) and the last event committed before it: the change
+-- applies to later events only, so events are matched against the subscriptions
+-- of the moment they were inserted, whatever the processor's lag.
+CREATE TABLE IF NOT EXISTS subscription_changes (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT NOT NULL,
+    events_seq      INTEGER NOT NULL,
+    document        TEXT
+);
+CREATE INDEX IF NOT EXISTS subscription_changes_events_seq ON subscription_changes (events_seq);
+CREATE TRIGGER IF NOT EXISTS subscriptions_inserted AFTER INSERT ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (NEW.id, (SELECT coalesce(max(seq), 0) FROM events), SUBSCRIPTION_DOCUMENT);
+END;
+CREATE TRIGGER IF NOT EXISTS subscriptions_updated AFTER UPDATE ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    SELECT OLD.id, (SELECT coalesce(max(seq), 0) FROM events), NULL WHERE NEW.id IS NOT OLD.id;
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (NEW.id, (SELECT coalesce(max(seq), 0) FROM events), SUBSCRIPTION_DOCUMENT);
+END;
+CREATE TRIGGER IF NOT EXISTS subscriptions_deleted AFTER DELETE ON subscriptions BEGIN
+    INSERT INTO subscription_changes (subscription_id, events_seq, document)
+    VALUES (OLD.id, (SELECT coalesce(max(seq), 0) FROM events), NULL);
+END;
+
+CREATE TABLE IF NOT EXISTS dispatch_jobs (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    client_id       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    pool_code       TEXT NOT NULL,
+    scheduled_at    TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_attempt_at TEXT,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    UNIQUE (event_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
+CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
+
+-- raw holds at most the first 64 KiB of the event as stored; raw_bytes and
+-- raw_sha256 describe all of it (NULL in dead letters from before they existed).
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq         INTEGER PRIMARY KEY,
+    position    TEXT NOT NULL UNIQUE,
+    event_id    TEXT,
+    reason      TEXT NOT NULL,
+    raw         TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    raw_bytes   INTEGER,
+    raw_sha256  TEXT
+);
+
+-- (event, subscription) pairs whose filter failed: not matched, kept to be driven again.
+CREATE TABLE IF NOT EXISTS filter_failures (
+    seq             INTEGER PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    client_id       TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failed_at       TEXT NOT NULL,
+    UNIQUE (event_id, subscription_id)
+);
+
+-- Keyed by text and updated on every batch: WITHOUT ROWID keeps each upsert to one b-tree.
+CREATE TABLE IF NOT EXISTS event_type_counts (
+    type  TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscription_stats (
+    subscription_id TEXT PRIMARY KEY,
+    jobs_created    INTEGER NOT NULL,
+    last_matched_at TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_activity (
+    client_id       TEXT PRIMARY KEY,
+    events          INTEGER NOT NULL,
+    jobs            INTEGER NOT NULL,
+    last_event_time TEXT
+) WITHOUT ROWID;
+
+-- Per processor (its resume key; one per store file): the last event of the
+-- last batch it committed, and the last event and job its projections counted.
+-- Kept apart from the resume token, which an operator may move: a start counts
+-- the events between counted_seq and committed_seq, and the jobs after jobs_seq.
+CREATE TABLE IF NOT EXISTS projection_marks (
+    key           TEXT PRIMARY KEY,
+    committed_seq INTEGER NOT NULL,
+    counted_seq   INTEGER NOT NULL,
+    jobs_seq      INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS resume_tokens (
+    key        TEXT PRIMARY KEY,
+    token      TEXT NOT NULL,
+    epoch      INTEGER,  -- the leader's fencing epoch; NULL without leader election
+    updated_at TEXT NOT NULL,
+    holder     TEXT      -- the lock holder that wrote it under that epoch
+);
+"""
+
+SUBSCRIPTION_COLUMNS = (
+    "id",
+    "client_id",
+    "name",
+    "event_type_pattern",
+    "target",
+    "pool_code",
+    "active",
+    "filters",
+)
+# The row as JSON; filters that are JSON text are embedded as JSON, anything else as it is.
+SCHEMA = SCHEMA.replace(
+    "SUBSCRIPTION_DOCUMENT",
+    "json_object("
+    + ", ".join(
+        f"'{c}', CASE WHEN json_valid(NEW.{c}) THEN json(NEW.{c}) ELSE NEW.{c} END"
+        if c == "filters"
+        else f"'{c}', NEW.{c}"
+        for c in SUBSCRIPTION_COLUMNS
+    )
+    + ")",
+)
+
+EVENT_COLUMNS = (
+    "id",
+    "type",
+    "client_id",
+    "source",
+    "time",
+    "data",
+    "metadata",
+    "subject",
+    "correlation_id",
+    "causation_id",
+)
+JSON_COLUMNS = ("data", "metadata")
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, schema in place."""
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.executescript(SCHEMA)
+    _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
+    _add_columns(connection, "resume_tokens", {"holder": "TEXT"})
+    return connection
+
+
+def _add_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns added since a store file was made, added to it in place."""
+
+    def missing() -> list[str]:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        return [name for name in columns if name not in present]
+
+    if missing():
+        with transaction(connection):
+            for name in missing():  # again: another connection may have added them meanwhile
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {columns[name]}")
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection, *, immediate: bool = True) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK on any error; a locked or failed database
+    surfaces as ``StoreUnavailable`` so that callers retry."""
+    try:
+        connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise StoreUnavailable(f"sqlite: {error}") from error

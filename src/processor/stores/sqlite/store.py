@@ -1,0 +1,367 @@
+"""The embedded store: SQLite in WAL mode, for development, tests and `fc-dev`.
+
+The ``events`` table's ``seq`` is the change feed: SQLite lets one writer
+commit at a time, so ``seq`` grows in commit order and a reader that has seen
+``seq`` N has seen everything committed before it. Any process may insert
+events with plain SQL. A batch's jobs, dead letters and resume token are
+written in one transaction, so a crash either keeps all of it or none. The
+projections are written less often: with every batch once the feed has caught
+up, every few batches while it is behind. Marks say what was committed and
+what was counted; a start counts what lies between them, so a crash neither
+loses a count nor makes one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+from processor.models import DeadLetter, DispatchJob, FilterFailure, InvalidEvent
+from processor.projections import EventKey, ProjectionDelta, event_key
+from processor.stores.base import (
+    MAX_EVENT_BYTES,
+    CommitReport,
+    Fenced,
+    ProcessedBatch,
+    ResumeToken,
+    StoreUnavailable,
+    SubscriptionChange,
+)
+from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed, read_entries, select_rows
+from processor.stores.sqlite.rows import (
+    INSERT_JOB,
+    JOB_COLUMNS,
+    decode_subscription_row,
+    job_from_row,
+    job_row,
+    sql_value,
+    timestamp,
+)
+from processor.stores.sqlite.schema import JSON_COLUMNS, connect, transaction
+
+RESUME_KEY = "stream-processor"
+FOLD_EVENTS = 2_000  # while the feed is behind, projections wait for this many events
+
+
+class SqliteStore:
+    """The processor's side of the embedded store."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        resume_key: str = RESUME_KEY,
+        *,
+        from_beginning: bool = False,
+        fold_events: int = FOLD_EVENTS,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
+        """``from_beginning``: a first start takes every event already stored, not
+        only those that come after (what ``fc-dev`` wants of a development database).
+        ``fold_events``: while the feed is behind, the projections are written once
+        this many events wait to be counted, rather than with every batch.
+        ``max_event_bytes``: larger events are dead-lettered without being read."""
+        self.path = Path(path)
+        self._from_beginning = from_beginning
+        self._connection = connect(path)
+        self._resume_key = resume_key
+        self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
+        self._feed_start = 0
+        self._epoch: int | None = None
+        self._holder: str | None = None
+        self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
+        self._feed: SqliteFeed | None = None
+        self._fold_events = fold_events
+        self._max_event_bytes = max_event_bytes
+        # Committed, not yet counted in the projections: see _count_when_due. The
+        # events' keys only: their payloads would make memory follow their size.
+        self._uncounted_events: list[EventKey] = []
+        self._uncounted_jobs: list[DispatchJob] = []
+        self._uncounted_through: int | None = None  # the last event of the last batch they come from
+
+    def resume_token(self) -> ResumeToken | None:
+        try:
+            row = self._connection.execute(
+                "SELECT token FROM resume_tokens WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"sqlite: {error}") from error
+        return None if row is None else str(row["token"])
+
+    def open_feed(self, resume_after: ResumeToken | None) -> SqliteFeed:
+        if resume_after is None:
+            # A first start begins at the current point, as the spec says, and
+            # records it at once: a crash before the first batch must not move it.
+            with transaction(self._connection):
+                row = self._connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+                resume_after = "0" if self._from_beginning else str(row[0])
+                self._save_token(resume_after)
+        self._feed_start = int(resume_after)
+        self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
+        self._count_uncounted(int(resume_after))
+        self._feed = SqliteFeed(
+            self._connection, self._feed_start, self.wakeup, self._count_while_idle, self._max_event_bytes
+        )
+        return self._feed
+
+    def _save_token(self, token: ResumeToken) -> None:
+        """Within the batch's transaction: refused, and so the whole batch, once a
+        leader with a larger epoch, or another holder of the same one, saved its own."""
+        saved = self._connection.execute(
+            "INSERT INTO resume_tokens (key, token, epoch, holder, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, epoch = excluded.epoch, "
+            "holder = excluded.holder, updated_at = excluded.updated_at "
+            "WHERE resume_tokens.epoch IS NULL OR resume_tokens.epoch < coalesce(excluded.epoch, -1) "
+            "OR (resume_tokens.epoch = excluded.epoch AND resume_tokens.holder IS excluded.holder)",
+            (self._resume_key, token, self._epoch, self._holder, timestamp(datetime.now(UTC))),
+        )
+        if saved.rowcount != 1:
+            row = self._connection.execute(
+                "SELECT epoch, holder FROM resume_tokens WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+            raise Fenced(
+                f"resume token {self._resume_key!r} was saved under epoch {row['epoch']} "
+                f"by {row['holder'] or 'an earlier version'}; "
+                f"this instance writes under {self._epoch}",
+                row["epoch"],
+            )
+
+    def fence(self, epoch: int, holder: str) -> None:
+        self._epoch, self._holder = epoch, holder
+        with transaction(self._connection):
+            self._claim_token()
+
+    def _claim_token(self) -> None:
+        """Within a transaction: save the stored token again, under this instance's
+        epoch; refused, and so the transaction, once a newer leader saved one."""
+        token = self.resume_token()
+        if token is not None:
+            self._save_token(token)
+
+    def subscription_changes(self) -> list[SubscriptionChange]:
+        with transaction(self._connection, immediate=False):
+            if self._subscriptions_seen < 0:
+                changes = self._subscriptions_at(self._feed_start)
+            else:
+                changes = self._changes(
+                    "SELECT * FROM subscription_changes WHERE seq > ? ORDER BY seq", self._subscriptions_seen
+                )
+            last = self._connection.execute("SELECT coalesce(max(seq), 0) FROM subscription_changes")
+            self._subscriptions_seen = int(last.fetchone()[0])
+        return changes
+
+    def _subscriptions_at(self, events_seq: int) -> list[SubscriptionChange]:
+        """Each subscription as the events after ``events_seq`` see it, then the
+        changes that come later."""
+        current = self._changes(
+            "SELECT * FROM subscription_changes WHERE seq IN (SELECT max(seq) FROM subscription_changes "
+            "WHERE events_seq <= ? GROUP BY subscription_id) ORDER BY seq",
+            events_seq,
+        )
+        later = self._changes(
+            "SELECT * FROM subscription_changes WHERE events_seq > ? ORDER BY seq", events_seq
+        )
+        return [SubscriptionChange(c.subscription_id, c.document, -1) for c in current] + later
+
+    def _changes(self, query: str, parameter: int) -> list[SubscriptionChange]:
+        return [
+            SubscriptionChange(
+                row["subscription_id"],
+                None if row["document"] is None else decode_subscription_row(json.loads(row["document"])),
+                row["events_seq"],
+            )
+            for row in self._connection.execute(query, (parameter,))
+        ]
+
+    def commit(self, batch: ProcessedBatch) -> CommitReport:
+        events, jobs, token = self._uncounted_events, self._uncounted_jobs, batch.resume_token
+        before = len(events), len(jobs)
+        counted = False
+        try:
+            with transaction(self._connection):
+                new_jobs = self._insert_jobs(batch.jobs)
+                self._insert_dead_letters(batch.dead_letters)
+                self._insert_filter_failures(batch.filter_failures)
+                events.extend(map(event_key, batch.events))
+                jobs.extend(new_jobs)
+                if token is not None:  # a batch without one comes again, and is counted with one
+                    self._mark("committed_seq = ?2", int(token))
+                    counted = self._count_when_due(int(token))
+                    self._save_token(token)
+        except BaseException:
+            del events[before[0] :], jobs[before[1] :]  # the batch will come again
+            raise
+        if counted:
+            self._counted()
+        elif token is not None:
+            self._uncounted_through = int(token)
+        return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
+
+    def _count_when_due(self, through: int) -> bool:
+        """Within the batch's transaction: write the projections of the batches
+        committed since they were last written, once the feed has caught up or
+        ``fold_events`` events wait. Writing them every batch cost the loop more
+        than a tenth of its time, for keys that mostly recur from one batch to the
+        next. A crash loses nothing: the next start counts what was left."""
+        caught_up = self._feed is None or self._feed.caught_up
+        if not caught_up and len(self._uncounted_events) < self._fold_events:
+            return False
+        self._count(through)
+        return True
+
+    def _count_while_idle(self) -> None:
+        """The feed found nothing new: count what waits, so that idle projections
+        are current. A store that is busy now is tried again at the next read."""
+        if self._uncounted_through is None:
+            return
+        with suppress(StoreUnavailable):
+            with transaction(self._connection):
+                self._count(self._uncounted_through)
+                self._claim_token()  # refused, and the count with it, once a newer leader saved one
+            self._counted()
+
+    def _count_uncounted(self, start: int) -> None:
+        """Count what the last run committed but did not count before it stopped:
+        the events between the marks that were not dead-lettered, read and
+        validated as the loop read them, and the jobs stored since. Then mark
+        all before ``start`` as counted: the feed starts there, and an operator
+        who moved the token forward skipped the events between."""
+        self._counted()
+        connection = self._connection
+        marks = connection.execute(
+            "SELECT committed_seq, counted_seq, jobs_seq FROM projection_marks WHERE key = ?",
+            (self._resume_key,),
+        ).fetchone()
+        try:
+            if marks is not None:  # else a first start, or a store from before the marks
+                committed, counted, jobs_seq = marks
+                while entries := read_entries(connection, READ_UNCOUNTED, (counted, committed)):
+                    counted = entries[-1].order
+                    for entry in entries:
+                        with suppress(InvalidEvent):  # it was dead-lettered then, and is not counted
+                            self._uncounted_events.append(event_key(entry.event()))
+                self._uncounted_jobs.extend(
+                    map(job_from_row, select_rows(connection, READ_UNCOUNTED_JOBS, (jobs_seq,)))
+                )
+            with transaction(connection):
+                connection.execute(
+                    "INSERT OR IGNORE INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
+                    "VALUES (?, 0, 0, 0)",
+                    (self._resume_key,),
+                )
+                self._mark("committed_seq = ?2", start)
+                self._count(start)
+                self._claim_token()  # refused, and the count with it, once a newer leader saved one
+        finally:
+            self._counted()
+
+    def _count(self, through: int) -> None:
+        """Within a transaction: write what waits to the projections, and mark it
+        counted: the events up to ``through``, every job stored."""
+        self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
+        self._mark(f"counted_seq = ?2, jobs_seq = ({LAST_JOB})", through)
+
+    def _mark(self, assignments: str, seq: int) -> None:
+        self._connection.execute(
+            f"UPDATE projection_marks SET {assignments} WHERE key = ?1", (self._resume_key, seq)
+        )
+
+    def _counted(self) -> None:
+        self._uncounted_events.clear()
+        self._uncounted_jobs.clear()
+        self._uncounted_through = None
+
+    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
+        """Insert and return the jobs that were new. The batch insert skips the jobs
+        that are there already; when it skipped some, the rows it added (those past
+        the largest ``seq`` before it: SQLite gives a new row the largest plus one,
+        as long as that is below 2**63, which no row of this store comes near)
+        say which were new. No savepoint: one would make SQLite keep a copy of every
+        page the insert changes, in case of a rollback."""
+        if not jobs:
+            return jobs
+        connection = self._connection
+        (last,) = connection.execute("SELECT coalesce(max(seq), 0) FROM dispatch_jobs").fetchone()
+        if connection.executemany(INSERT_JOB, map(job_row, jobs)).rowcount == len(jobs):
+            return jobs
+        rows = connection.execute(
+            "SELECT event_id, subscription_id FROM dispatch_jobs WHERE seq > ?", (last,)
+        )
+        added = {(row[0], row[1]) for row in rows}
+        new_jobs = []
+        for job in jobs:  # of equal jobs in one batch, the first was written
+            pair = (job.event_id, job.subscription_id)
+            if pair in added:
+                added.discard(pair)
+                new_jobs.append(job)
+        return new_jobs
+
+    def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO dead_letters (position, event_id, reason, raw, received_at, raw_bytes, "
+            "raw_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    letter.position,
+                    letter.event_id,
+                    letter.reason,
+                    letter.raw,
+                    timestamp(letter.received_at),
+                    letter.raw_bytes,
+                    letter.raw_sha256,
+                )
+                for letter in letters
+            ],
+        )
+
+    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO filter_failures (event_id, subscription_id, client_id, reason, failed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (f.event_id, f.subscription_id, f.client_id, f.reason, timestamp(f.failed_at))
+                for f in failures
+            ],
+        )
+
+    def _apply(self, delta: ProjectionDelta) -> None:
+        connection = self._connection
+        connection.executemany(
+            "INSERT INTO event_type_counts (type, count) VALUES (?, ?) "
+            "ON CONFLICT (type) DO UPDATE SET count = count + excluded.count",
+            delta.event_types.items(),
+        )
+        connection.executemany(
+            "INSERT INTO subscription_stats (subscription_id, jobs_created, last_matched_at) "
+            "VALUES (?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
+            "jobs_created = jobs_created + excluded.jobs_created, "
+            "last_matched_at = max(coalesce(last_matched_at, ''), excluded.last_matched_at)",
+            [(key, jobs, timestamp(last)) for key, jobs, last in delta.subscription_rows()],
+        )
+        connection.executemany(
+            "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
+            "jobs = jobs + excluded.jobs, "
+            "last_event_time = max(coalesce(last_event_time, ''), "
+            "coalesce(excluded.last_event_time, ''))",
+            [(key, events, jobs, sql_value(last)) for key, events, jobs, last in delta.client_rows()],
+        )
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+# Without the payloads, which the projections do not count (and events whose
+# payload was invalid were dead-lettered): read in pages, memory stays small.
+READ_UNCOUNTED = (
+    f"SELECT {', '.join('NULL' if c in JSON_COLUMNS else c for c in FEED_COLUMNS)} "
+    "FROM events WHERE seq > ? AND seq <= ? "
+    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) "
+    "ORDER BY seq LIMIT 500"
+)
+READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
+LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"
