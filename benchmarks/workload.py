@@ -235,6 +235,7 @@ class LoopRound:
         self.watchdog.start()
         self.batch_size = batch_size
         self.feed: SqliteFeed = self.store.open_feed(self.store.resume_token())
+        self.processor.projector.recount()  # as the loop starts
         self.processor.process(self.feed.next_batch(batch_size, 0.0))
         self.events = 0
 

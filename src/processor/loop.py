@@ -2,6 +2,10 @@
 
     read a batch -> bring subscriptions up to date -> match -> commit -> repeat
 
+The projections are counted by the ``Projector``, which rides along: what
+it says is due goes into the commit, and at start it counts what the last run
+left uncounted.
+
 Everything that can fail against the store is retried with capped exponential
 backoff and jitter, and nothing moves on until the batch is committed: the
 resume token only ever follows work that was written. One bad event is
@@ -17,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -28,6 +33,7 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
+from processor.projections import Projector
 from processor.retry import policy
 from processor.stores.base import (
     BATCH_BYTES,
@@ -40,6 +46,7 @@ from processor.stores.base import (
     ResumeToken,
     Store,
     StoreMisconfigured,
+    StoreUnavailable,
     SubscriptionChange,
 )
 
@@ -76,6 +83,7 @@ class Processor:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.matcher = SubscriptionMatcher()
+        self.projector = Projector(store)
         self._pending: deque[SubscriptionChange] = deque()  # changes for events not yet read
         self._lease: Callable[[], bool] = lambda: True
         self.stop_requested = threading.Event()
@@ -109,7 +117,6 @@ class Processor:
             except Fenced as error:
                 log.warning("not leading: %s", error)
                 return error
-            log.info("processing events after %s", token or "the current point")
             try:
                 return self._consume(feed, token, lease)
             finally:
@@ -122,6 +129,8 @@ class Processor:
     ) -> Fenced | None:
         settings, health = self.settings, self.health
         try:
+            self.retry("count what the last run left", self.projector.recount)
+            log.info("processing events after %s", token or "the current point")
             while self._may_continue():
                 health.step(f"reading the feed after {token or 'its start'}")
                 batch = self.retry(
@@ -136,6 +145,8 @@ class Processor:
                 else:  # nothing new: caught up, whatever the size of the last batch
                     self.metrics.lag.set(0)
                     health.caught_up()
+                    with suppress(StoreUnavailable):  # tried again at the next read that finds nothing
+                        self.projector.flush()
         except Stopped:
             pass
         except Fenced as error:
@@ -188,11 +199,13 @@ class Processor:
             if batch.entries
             else "committing"
         )
+        tally = self.projector.due(batch, events, jobs)
         report = self.retry(
             "commit",
             self.store.commit,
-            ProcessedBatch(events, jobs, dead_letters, batch.resume_token, failures),
+            ProcessedBatch(events, jobs, dead_letters, batch.resume_token, failures, tally),
         )
+        self.projector.committed(batch, events, jobs, counted=tally is not None)
         self._measure(batch, events, jobs, report, time.perf_counter() - started)
         return report
 

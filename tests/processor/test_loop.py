@@ -27,8 +27,16 @@ from processor.models import (
     Subscription,
     parse_event,
 )
+from processor.projections import Tally
 from processor.retry import UNEXPECTED_ATTEMPTS
-from processor.stores.base import CommitReport, FeedEntry, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.base import (
+    ChangeFeed,
+    CommitReport,
+    FeedEntry,
+    Fenced,
+    ProcessedBatch,
+    StoreUnavailable,
+)
 from processor.stores.sqlite import SqliteStore, connect, job_from_row, job_row, timestamp
 from tests.processor.harness import FAST, Publisher, Running, wait_until
 
@@ -324,10 +332,18 @@ def counted(publisher: Publisher) -> tuple[int, int, int]:
     return types.get(SHIPPED, 0), subscriptions.get("all", 0), clients.get("acme", 0)
 
 
-def process_batches(store: SqliteStore, count: int, size: int = 10) -> Processor:
-    """``count`` batches of ``size``, as the loop would read and process them."""
+def started(store: SqliteStore, size: int = 10) -> tuple[Processor, ChangeFeed]:
+    """A processor and its feed, as the loop starts them: the feed opened, then
+    what the last run left uncounted counted."""
     processor = Processor(store, Settings(batch_size=size, max_wait=0.0))
     feed = store.open_feed(store.resume_token())
+    processor.projector.recount()
+    return processor, feed
+
+
+def process_batches(store: SqliteStore, count: int, size: int = 10) -> Processor:
+    """``count`` batches of ``size``, as the loop would read and process them."""
+    processor, feed = started(store, size)
     for _ in range(count):
         processor.process(feed.next_batch(size, 0.0))
     return processor
@@ -344,8 +360,7 @@ def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
     events += [publisher.publish(SHIPPED) for _ in range(5)]
 
     first = SqliteStore(db, from_beginning=True, fold_events=20)
-    processor = Processor(first, Settings(batch_size=10, max_wait=0.0))
-    feed = first.open_feed(first.resume_token())
+    processor, feed = started(first)
     processor.process(feed.next_batch(10, 0.0))
     assert counted(publisher) == (0, 0, 0), "a full batch: more are waiting, the count waits too"
     processor.process(feed.next_batch(10, 0.0))
@@ -368,20 +383,20 @@ def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
     publisher.sql.execute("UPDATE resume_tokens SET token = ?", (str(publisher.max_seq()),))
 
     second = SqliteStore(db, fold_events=20)
-    feed = second.open_feed(second.resume_token())
+    processor, feed = started(second)
     assert counted(publisher) == (28, 28, 56), "the start counted what the first run left, and only that"
     events += [publisher.publish(SHIPPED) for _ in range(10)]
-    Processor(second, Settings(batch_size=10, max_wait=0.0)).process(feed.next_batch(10, 0.0))
+    processor.process(feed.next_batch(10, 0.0))
     second.close()  # a crash again, the skipped events now between its batch and the last count
 
     third = SqliteStore(db, fold_events=20)
-    feed = third.open_feed(third.resume_token())
+    processor, feed = started(third)
     assert counted(publisher) == (38, 38, 76), "the start counted the second run's batch, not the skipped"
     events += [publisher.publish(SHIPPED) for _ in range(10)]
-    processor = Processor(third, Settings(batch_size=10, max_wait=0.0))
     processor.process(feed.next_batch(10, 0.0))
-    assert counted(publisher) == (38, 38, 76)
+    assert counted(publisher) == (38, 38, 76), "a full batch: its count waits"
     assert feed.next_batch(10, 0.0).entries == []
+    processor.projector.flush()  # what the loop does when a read finds nothing new
     assert counted(publisher) == (48, 48, 96), "nothing new to read: what waited is counted"
     third.close()
     assert {event for event, _ in publisher.jobs()} == set(events) and len(publisher.jobs()) == 96
@@ -394,10 +409,9 @@ class FailingOnce(SqliteStore):
 
     failed = False
 
-    def _count(self, through: int) -> None:
-        counting = bool(self._uncounted_events)
-        super()._count(through)
-        if counting and not self.failed:
+    def _count(self, tally: Tally) -> None:
+        super()._count(tally)
+        if tally.events and not self.failed:
             self.failed = True
             raise StoreUnavailable("injected failure")
 
@@ -421,13 +435,13 @@ def test_a_deposed_leader_does_not_count_what_it_left(db: Path, publisher: Publi
         publisher.publish(SHIPPED)
     old = SqliteStore(db, from_beginning=True)
     old.fence(1, "old")
-    process_batches(old, 1)  # a full batch: its count waits
+    deposed = process_batches(old, 1)  # a full batch: its count waits
     new = SqliteStore(db)
     new.fence(2, "new")
-    new.open_feed(new.resume_token())
+    started(new)
     assert counted(publisher) == (10, 10, 10), "the new leader counted what the old one left"
     with pytest.raises(Fenced):
-        old._count_while_idle()  # as the old leader's next read, finding nothing, would
+        deposed.projector.flush()  # as the old leader's next read, finding nothing, would
     assert counted(publisher) == (10, 10, 10)
     old.close()
     new.close()
@@ -456,11 +470,17 @@ def test_a_batch_partly_written_before_reports_and_counts_only_its_new_jobs(
         )
 
     first = [job("e1", "a"), job("e2", "a")]
-    assert store.commit(ProcessedBatch([], first, [], "1")) == CommitReport(jobs_created=2, duplicates=0)
+    assert store.commit(ProcessedBatch([], first, [], "1", tally=Tally([], first, "1"))) == CommitReport(
+        jobs_created=2, duplicates=0
+    )
     mixed = [job("e2", "a"), job("e3", "a"), job("e1", "a"), job("e4", "b")]
-    assert store.commit(ProcessedBatch([], mixed, [], "2")) == CommitReport(jobs_created=2, duplicates=2)
+    assert store.commit(ProcessedBatch([], mixed, [], "2", tally=Tally([], mixed, "2"))) == CommitReport(
+        jobs_created=2, duplicates=2
+    )
     twice = [job("e5", "a"), job("e5", "a")]
-    assert store.commit(ProcessedBatch([], twice, [], "3")) == CommitReport(jobs_created=1, duplicates=1)
+    assert store.commit(ProcessedBatch([], twice, [], "3", tally=Tally([], twice, "3"))) == CommitReport(
+        jobs_created=1, duplicates=1
+    )
     assert [job_from_row(job_row(j)) for j in first] == first, "a job's row reads back as the job"
     store.close()
     assert publisher.job_count() == 5

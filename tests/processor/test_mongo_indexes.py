@@ -8,7 +8,7 @@ from pymongo.errors import OperationFailure
 
 from processor.stores.base import StoreMisconfigured, StoreUnavailable
 from processor.stores.mongo import INDEXES, MARKS_KEPT_SECONDS, ensure_indexes
-from tests.processor.fake_mongo import Document, FakeMongo
+from tests.fake_mongo import Document, FakeMongo
 
 JOBS_UNIQUE = "dispatch_jobs_event_subscription"
 JOB_KEYS = [("event_id", 1), ("subscription_id", 1)]

@@ -20,7 +20,7 @@ from processor.jobs import job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.stores.mongo import INDEXES, Checkpoint, MongoFeed, MongoStore, ensure_indexes
-from tests.processor.fake_mongo import Document, Running, Tokens, sample
+from tests.fake_mongo import Document, Running, Tokens, sample
 from tests.processor.harness import FAST, wait_until
 
 URL = os.environ.get("FC_TEST_MONGO_URL")

@@ -1,5 +1,5 @@
-"""The MongoDB store's logic, on a fake database with an oplog (tests/processor/
-fake_mongo.py), driving the real processor: in a thread where the flow matters,
+"""The MongoDB store's logic, on a fake database with an oplog (tests/fake_mongo/),
+driving the real processor: in a thread where the flow matters,
 a batch at a time where the exact interleaving does."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.models import MAX_DEAD_LETTER_RAW, Subscription, parse_event
+from processor.models import MAX_DEAD_LETTER_RAW, DispatchJob, Event, Subscription, parse_event
+from processor.projections import Tally, event_key
 from processor.stores.base import CommitReport, Fenced, ProcessedBatch, StoreUnavailable
 from processor.stores.mongo import (
     CATCH_UP_MARGIN,
@@ -29,7 +30,7 @@ from processor.stores.mongo import (
     ensure_indexes,
     job_document,
 )
-from tests.processor.fake_mongo import Document, FakeMongo, Running, Tokens, sample
+from tests.fake_mongo import Document, FakeMongo, Running, Tokens, sample
 from tests.processor.harness import FAST, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
@@ -338,10 +339,10 @@ def test_the_checkpoint_refuses_a_smaller_epoch_and_the_same_epoch_from_another_
     due = create_jobs(event, [subscription], datetime.now(UTC))
     token = Checkpoint(None, fake.cluster_time()).dumps()
     with pytest.raises(Fenced):
-        first.commit(ProcessedBatch([event], due, [], token))
+        first.commit(counted_batch([event], due, token))
     assert counts(fake, "event_type_counts") == {}, "the refused batch counted nothing"
     assert job_count(fake) == 0, "a deposed leader is turned away before its jobs"
-    second.commit(ProcessedBatch([event], due, [], token))
+    second.commit(counted_batch([event], due, token))
     assert counts(fake, "event_type_counts")[SHIPPED]["count"] == 1 and job_count(fake) == 1
 
 
@@ -643,7 +644,12 @@ def _batch(token: str | None) -> ProcessedBatch:
         for n in range(3)
     ]
     jobs = [job for e in events for job in create_jobs(e, [subscription], now)]
-    return ProcessedBatch(events, jobs, [], token)
+    return counted_batch(events, jobs, token)
+
+
+def counted_batch(events: list[Event], jobs: list[DispatchJob], token: str | None) -> ProcessedBatch:
+    """A batch as the loop commits it once the feed has caught up: with its tally."""
+    return ProcessedBatch(events, jobs, [], token, tally=Tally(list(map(event_key, events)), jobs, token))
 
 
 def test_projections_count_a_replayed_batch_once(fake: FakeMongo, mongo: MongoStore, tokens: Tokens) -> None:

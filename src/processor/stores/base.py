@@ -1,11 +1,23 @@
-"""What the processor loop needs of a store, and nothing more.
+"""What the processor loop needs of a store, and nothing more: the contract
+every store implements, in roles.
 
-A store hands out a change feed of raw event documents in commit order, the
-subscriptions that changed since it was last asked, and takes a processed
-batch back in one call. Where the resume token lives, and how the batch's jobs,
-dead letters, projections and token are made durable together, is the store's
-business: the loop only promises to call ``commit`` once per batch, in order,
-and never to move on before ``commit`` returned.
+- ``EventFeed``: a change feed of raw event documents in commit order.
+- ``SubscriptionSource``: the subscriptions that changed since it was last asked.
+- ``JobSink``: a processed batch taken back in one call (jobs, dead letters,
+  filter failures, the position, and the projections' tally when one is due).
+- ``Offsets``: the position the feed resumes from, kept per ``partition``, and
+  fenced so that a deposed leader cannot move it.
+- ``ProjectionSink``: tallies applied with the marks that make them count once.
+
+One class may implement several roles (the embedded store implements all of
+them, for its single transaction). How the batch is made durable is the
+store's business: the loop only promises to call ``commit`` once per batch, in
+order, and never to move on before ``commit`` returned.
+
+Errors, the three a store may raise on purpose: ``StoreUnavailable`` (retried
+with backoff), ``Fenced`` (the lead ends), ``StoreMisconfigured`` (the process
+stops: an operator must act). ``tests/stores/test_contract.py`` is the
+definition of a correct store.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, parse_event
+from processor.projections import Tally, Uncounted
 
 ResumeToken = str
 """A position in a store's feed, as text a person can read (``redis-cli GET``)."""
@@ -97,6 +110,7 @@ class ProcessedBatch:
     dead_letters: list[DeadLetter]
     resume_token: ResumeToken | None
     filter_failures: list[FilterFailure] = field(default_factory=list)
+    tally: Tally | None = None  # due to be counted in the projections, with this commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,28 +134,65 @@ class ChangeFeed(Protocol):
     def close(self) -> None: ...
 
 
-class Store(Protocol):
-    def resume_token(self) -> ResumeToken | None:
-        """Where the last committed batch ended; None on a first start."""
+class EventFeed(Protocol):
+    def open_feed(self, resume_after: ResumeToken | None) -> ChangeFeed:
+        """The feed from just after ``resume_after``; from the current point on a
+        first start (None), which it records at once where it can."""
 
-    def open_feed(self, resume_after: ResumeToken | None) -> ChangeFeed: ...
 
+class SubscriptionSource(Protocol):
     def subscription_changes(self) -> list[SubscriptionChange]:
-        """In commit order: on the first call every subscription as it stood at
-        the feed's start, then each change since; every change committed before
-        the call is in it."""
+        """In commit order: on the first call after ``open_feed`` every
+        subscription as it stood at the feed's start, then each change since;
+        every change committed before the call is in it."""
 
+
+class JobSink(Protocol):
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         """Make the batch durable: jobs (a job that exists already is not an
         error), dead letters, filter failures (one per pair, whatever replays),
-        and last the resume token; and count the batch in
-        the projections, now or with later batches, but once, whatever crashes.
-        Raises ``Fenced`` when a leader with a larger epoch saved a token."""
+        the batch's ``tally`` when it carries one, and last the resume token.
+        A crash keeps the token only with all the rest. Raises ``Fenced`` when
+        a leader with a larger epoch, or another holder of this one, saved a token."""
+
+
+class Offsets(Protocol):
+    """The position of one ``partition`` of the stream: today one partition, the
+    whole stream, named by ``FC_STREAM_RESUME_TOKEN_KEY``. Positions of
+    different partitions are kept and fenced apart, so that several leaders,
+    each owning part of the stream, are a matter of configuration."""
+
+    @property
+    def partition(self) -> str: ...
+
+    def resume_token(self) -> ResumeToken | None:
+        """Where the last committed batch ended; None on a first start."""
 
     def fence(self, epoch: int, holder: str) -> None:
         """Save resume tokens under ``epoch`` from now on, claiming the token at
         once, so that writes under a smaller epoch, or under the same epoch by
         another ``holder``, are refused. Raises ``Fenced`` (with the store's
         epoch) when the store holds a larger one, or this one from another holder."""
+
+
+class ProjectionSink(Protocol):
+    """Where the projector's tallies are applied (``processor.projections``)."""
+
+    @property
+    def fold_events(self) -> int:
+        """How many committed events may wait to be counted while the feed is
+        behind: 0 for a store that could not find them again after a crash."""
+
+    def uncounted(self) -> Uncounted:
+        """After ``open_feed``: what was committed before the feed's start and
+        not counted (a crash came between), and where the feed starts."""
+
+    def count(self, tally: Tally) -> None:
+        """Apply ``tally`` outside a batch, with its marks, in one write; refused
+        (``Fenced``) as a commit would be."""
+
+
+class Store(EventFeed, SubscriptionSource, JobSink, Offsets, ProjectionSink, Protocol):
+    """Every role: what the loop is given."""
 
     def close(self) -> None: ...

@@ -30,8 +30,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from processor.jobs import job_id
-from processor.models import DeadLetter, DispatchJob, Event, FilterFailure
-from processor.projections import ProjectionDelta, event_key
+from processor.models import DeadLetter, DispatchJob, FilterFailure
+from processor.projections import ProjectionDelta, Tally, Uncounted
 from processor.stores.base import (
     MAX_EVENT_BYTES,
     CommitReport,
@@ -160,7 +160,7 @@ class MongoStore:
             created = self._insert_jobs(batch.jobs)
             self._insert_dead_letters(batch.dead_letters)
             self._insert_filter_failures(batch.filter_failures)
-            self._project(batch.events, batch.jobs, batch.resume_token)
+            self._project(batch.tally, batch.resume_token)
         if batch.resume_token is not None:
             self._mirror(batch.resume_token)
         self._inserted_before_failure.clear()
@@ -226,12 +226,29 @@ class MongoStore:
             ordered=False,
         )
 
-    def _project(self, events: Sequence[Event], jobs: Sequence[DispatchJob], token: str | None) -> None:
+    @property
+    def partition(self) -> str:
+        return self._checkpoint_key
+
+    fold_events = 0
+    """Every batch is counted with its commit: a change stream cannot be read
+    again for the events a crash left uncounted."""
+
+    def uncounted(self) -> Uncounted:
+        return Uncounted((), [], None)
+
+    def count(self, tally: Tally) -> None:
+        with unavailable_on_failure("count"):
+            self._project(tally, None)
+
+    def _project(self, tally: Tally | None, token: str | None) -> None:
         """Count each event and each job once, ever, and save the checkpoint: in one
         transaction, check the claim, mark what is counted and count what was not
         marked yet."""
         marks = self.database[PROJECTION_MARKS]
-        keys = [f"event:{e.id}" for e in events] + [f"job:{j.id}" for j in jobs]
+        events = [] if tally is None else tally.events
+        jobs = [] if tally is None else tally.jobs
+        keys = [f"event:{e[0]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[0]: the event's id
         if not keys and (token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS):
             # An empty batch's position loses nothing by waiting; and saving it
             # writes to the oplog, which moves the idle stream's token again.
@@ -243,7 +260,7 @@ class MongoStore:
                 return
             seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
             delta = ProjectionDelta.of(
-                (event_key(e) for e in events if f"event:{e.id}" not in seen),
+                (e for e in events if f"event:{e[0]}" not in seen),
                 (j for j in jobs if f"job:{j.id}" not in seen),
             )
             now = datetime.now(UTC)

@@ -8,7 +8,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -236,7 +236,6 @@ def select_rows(
 class SqliteFeed:
     """Reads ``events`` by ``seq``; when there is nothing new it waits, checking
     ``PRAGMA data_version`` (which changes only when another connection wrote).
-    A read that finds nothing calls ``idle``: the store counts what waits then.
 
     A batch is bounded by bytes as well as by events: the sizes of the next
     events are read first (SQL, no event leaves the database for it), then as
@@ -248,15 +247,12 @@ class SqliteFeed:
         connection: sqlite3.Connection,
         after: int,
         wakeup: threading.Event,
-        idle: Callable[[], None] = lambda: None,
         max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._connection = connection
         self._after = after
         self._wakeup = wakeup
-        self._idle = idle  # called when a read finds nothing new
         self._max_event_bytes = max_event_bytes
-        self.caught_up = True  # the last read took every event there was
 
     def next_batch(self, max_events: int, max_wait: float, max_bytes: int = BATCH_BYTES) -> Batch:
         deadline = time.monotonic() + max_wait
@@ -265,7 +261,6 @@ class SqliteFeed:
             entries, more = self._read(max_events, max_bytes)
             if entries:
                 break
-            self._idle()
             if time.monotonic() >= deadline:
                 break
             while time.monotonic() < deadline:
@@ -277,7 +272,6 @@ class SqliteFeed:
                     break
         if entries:
             self._after = entries[-1].order
-        self.caught_up = not more
         return Batch(entries, str(self._after), more)
 
     def _read(self, max_events: int, max_bytes: int) -> tuple[list[FeedEntry], bool]:

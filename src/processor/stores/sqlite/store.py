@@ -5,10 +5,10 @@ commit at a time, so ``seq`` grows in commit order and a reader that has seen
 ``seq`` N has seen everything committed before it. Any process may insert
 events with plain SQL. A batch's jobs, dead letters and resume token are
 written in one transaction, so a crash either keeps all of it or none. The
-projections are written less often: with every batch once the feed has caught
-up, every few batches while it is behind. Marks say what was committed and
-what was counted; a start counts what lies between them, so a crash neither
-loses a count nor makes one twice.
+projections are written when the loop's projector says (``fold_events``:
+while the feed is behind, every few batches). Marks say what was committed
+and what was counted; a start hands the loop what lies between them, so a
+crash neither loses a count nor makes one twice.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from processor.models import DeadLetter, DispatchJob, FilterFailure, InvalidEvent
-from processor.projections import EventKey, ProjectionDelta, event_key
+from processor.models import DeadLetter, DispatchJob, FilterFailure
+from processor.projections import ProjectionDelta, Tally, Uncounted
 from processor.stores.base import (
     MAX_EVENT_BYTES,
     CommitReport,
+    FeedEntry,
     Fenced,
     ProcessedBatch,
     ResumeToken,
@@ -74,14 +74,16 @@ class SqliteStore:
         self._epoch: int | None = None
         self._holder: str | None = None
         self.wakeup = threading.Event()  # set by in-process writers to cut the idle wait short
-        self._feed: SqliteFeed | None = None
         self._fold_events = fold_events
         self._max_event_bytes = max_event_bytes
-        # Committed, not yet counted in the projections: see _count_when_due. The
-        # events' keys only: their payloads would make memory follow their size.
-        self._uncounted_events: list[EventKey] = []
-        self._uncounted_jobs: list[DispatchJob] = []
-        self._uncounted_through: int | None = None  # the last event of the last batch they come from
+
+    @property
+    def partition(self) -> str:
+        return self._resume_key
+
+    @property
+    def fold_events(self) -> int:
+        return self._fold_events
 
     def resume_token(self) -> ResumeToken | None:
         try:
@@ -102,11 +104,7 @@ class SqliteStore:
                 self._save_token(resume_after)
         self._feed_start = int(resume_after)
         self._subscriptions_seen = -1  # a new feed starts from the subscriptions of its start
-        self._count_uncounted(int(resume_after))
-        self._feed = SqliteFeed(
-            self._connection, self._feed_start, self.wakeup, self._count_while_idle, self._max_event_bytes
-        )
-        return self._feed
+        return SqliteFeed(self._connection, self._feed_start, self.wakeup, self._max_event_bytes)
 
     def _save_token(self, token: ResumeToken) -> None:
         """Within the batch's transaction: refused, and so the whole batch, once a
@@ -178,102 +176,77 @@ class SqliteStore:
         ]
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        events, jobs, token = self._uncounted_events, self._uncounted_jobs, batch.resume_token
-        before = len(events), len(jobs)
-        counted = False
-        try:
-            with transaction(self._connection):
-                new_jobs = self._insert_jobs(batch.jobs)
-                self._insert_dead_letters(batch.dead_letters)
-                self._insert_filter_failures(batch.filter_failures)
-                events.extend(map(event_key, batch.events))
-                jobs.extend(new_jobs)
-                if token is not None:  # a batch without one comes again, and is counted with one
-                    self._mark("committed_seq = ?2", int(token))
-                    counted = self._count_when_due(int(token))
-                    self._save_token(token)
-        except BaseException:
-            del events[before[0] :], jobs[before[1] :]  # the batch will come again
-            raise
-        if counted:
-            self._counted()
-        elif token is not None:
-            self._uncounted_through = int(token)
+        token = batch.resume_token
+        with transaction(self._connection):
+            new_jobs = self._insert_jobs(batch.jobs)
+            self._insert_dead_letters(batch.dead_letters)
+            self._insert_filter_failures(batch.filter_failures)
+            if token is not None:  # a batch without one comes again
+                self._mark("committed_seq = ?2", int(token))
+                if batch.tally is not None:
+                    self._count(batch.tally)
+                self._save_token(token)
         return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
 
-    def _count_when_due(self, through: int) -> bool:
-        """Within the batch's transaction: write the projections of the batches
-        committed since they were last written, once the feed has caught up or
-        ``fold_events`` events wait. Writing them every batch cost the loop more
-        than a tenth of its time, for keys that mostly recur from one batch to the
-        next. A crash loses nothing: the next start counts what was left."""
-        caught_up = self._feed is None or self._feed.caught_up
-        if not caught_up and len(self._uncounted_events) < self._fold_events:
-            return False
-        self._count(through)
-        return True
-
-    def _count_while_idle(self) -> None:
-        """The feed found nothing new: count what waits, so that idle projections
-        are current. A store that is busy now is tried again at the next read."""
-        if self._uncounted_through is None:
-            return
-        with suppress(StoreUnavailable):
-            with transaction(self._connection):
-                self._count(self._uncounted_through)
-                self._claim_token()  # refused, and the count with it, once a newer leader saved one
-            self._counted()
-
-    def _count_uncounted(self, start: int) -> None:
-        """Count what the last run committed but did not count before it stopped:
-        the events between the marks that were not dead-lettered, read and
-        validated as the loop read them, and the jobs stored since. Then mark
-        all before ``start`` as counted: the feed starts there, and an operator
-        who moved the token forward skipped the events between."""
-        self._counted()
-        connection = self._connection
-        marks = connection.execute(
+    def uncounted(self) -> Uncounted:
+        """The events between the marks that were not dead-lettered, read in pages
+        without their payloads, and the jobs stored since the last count."""
+        start = str(self._feed_start)
+        marks = self._connection.execute(
             "SELECT committed_seq, counted_seq, jobs_seq FROM projection_marks WHERE key = ?",
             (self._resume_key,),
         ).fetchone()
-        try:
-            if marks is not None:  # else a first start, or a store from before the marks
-                committed, counted, jobs_seq = marks
-                while entries := read_entries(connection, READ_UNCOUNTED, (counted, committed)):
-                    counted = entries[-1].order
-                    for entry in entries:
-                        with suppress(InvalidEvent):  # it was dead-lettered then, and is not counted
-                            self._uncounted_events.append(event_key(entry.event()))
-                self._uncounted_jobs.extend(
-                    map(job_from_row, select_rows(connection, READ_UNCOUNTED_JOBS, (jobs_seq,)))
-                )
-            with transaction(connection):
-                connection.execute(
-                    "INSERT OR IGNORE INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
-                    "VALUES (?, 0, 0, 0)",
-                    (self._resume_key,),
-                )
-                self._mark("committed_seq = ?2", start)
-                self._count(start)
-                self._claim_token()  # refused, and the count with it, once a newer leader saved one
-        finally:
-            self._counted()
+        if marks is None:  # a first start, or a store from before the marks: nothing is known uncounted
+            return Uncounted((), [], start)
+        committed, counted, jobs_seq = marks
+        jobs = list(map(job_from_row, select_rows(self._connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
+        return Uncounted(self._entries_between(counted, committed), jobs, start)
 
-    def _count(self, through: int) -> None:
-        """Within a transaction: write what waits to the projections, and mark it
-        counted: the events up to ``through``, every job stored."""
-        self._apply(ProjectionDelta.of(self._uncounted_events, self._uncounted_jobs))
-        self._mark(f"counted_seq = ?2, jobs_seq = ({LAST_JOB})", through)
+    def _entries_between(self, after: int, through: int) -> Iterator[FeedEntry]:
+        while entries := read_entries(self._connection, READ_UNCOUNTED, (after, through)):
+            after = entries[-1].order
+            yield from entries
+
+    def count(self, tally: Tally) -> None:
+        with transaction(self._connection):
+            self._count(tally)
+            self._claim_token()  # refused, and the count with it, once a newer leader saved one
+
+    def _count(self, tally: Tally) -> None:
+        """Within a transaction: apply the tally and mark it counted: the events up
+        to its ``through``, and every job stored. Of its jobs, those stored since
+        the last count are counted (a replayed event's jobs were stored before)."""
+        if tally.through is None:
+            raise ValueError("a tally to count says where its events end")
+        connection = self._connection
+        jobs = tally.jobs
+        if jobs:
+            marks = connection.execute(
+                "SELECT jobs_seq FROM projection_marks WHERE key = ?", (self._resume_key,)
+            ).fetchone()
+            rows = connection.execute(
+                "SELECT id FROM dispatch_jobs WHERE seq > ?", (0 if marks is None else marks[0],)
+            )
+            stored = {row[0] for row in rows}
+            jobs = []
+            for job in tally.jobs:  # of equal jobs, one was stored
+                if job.id in stored:
+                    stored.discard(job.id)
+                    jobs.append(job)
+        self._apply(tally.delta(jobs))
+        through = int(tally.through)
+        connection.execute(
+            "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
+            f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
+            "committed_seq = excluded.committed_seq, counted_seq = excluded.counted_seq, "
+            "jobs_seq = excluded.jobs_seq",
+            (self._resume_key, through),
+        )
 
     def _mark(self, assignments: str, seq: int) -> None:
         self._connection.execute(
             f"UPDATE projection_marks SET {assignments} WHERE key = ?1", (self._resume_key, seq)
         )
-
-    def _counted(self) -> None:
-        self._uncounted_events.clear()
-        self._uncounted_jobs.clear()
-        self._uncounted_through = None
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
         """Insert and return the jobs that were new. The batch insert skips the jobs

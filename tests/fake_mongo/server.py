@@ -1,19 +1,5 @@
-"""A test double of the part of pymongo the MongoDB store uses, and helpers to
-drive a processor on it.
-
-The fake is a single in-memory database with an oplog: every write appends a
-change with an increasing ``clusterTime`` and a resume token, and change
-streams read that oplog from a point, as a replica set's do. Errors are
-pymongo's own exception classes carrying the server's real error codes, so the
-store's error handling runs exactly as it would against a server.
-
-What it does not model: pymongo's automatic one-time resume of a change stream
-after a network error (an injected error always reaches the caller: the worse
-case), reads of a transaction's own uncommitted writes, write conflicts between
-concurrent transactions (the store's claim check relies on MongoDB raising one
-when two leaders write the checkpoint at once), and query operators beyond the
-few the store and these tests use.
-"""
+"""The server, with the failures tests inject into it, and the pymongo classes a
+store is handed: client, admin, database, collection."""
 
 from __future__ import annotations
 
@@ -22,8 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from bson import ObjectId
@@ -32,204 +17,17 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.results import BulkWriteResult, DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
 
-from processor.loop import Processor, Settings
-from processor.metrics import Metrics
-from processor.stores.base import Store
-from processor.stores.mongo import Checkpoint
-from tests.processor.harness import FAST, wait_until
+from tests.fake_mongo.data import Data
+from tests.fake_mongo.indexes import DUPLICATE_KEY, Index, hashable
+from tests.fake_mongo.oplog import Change, history_lost, position_of, token_of
+from tests.fake_mongo.query import MISSING, Document, matches
+from tests.fake_mongo.sessions import FakeSession, staged_writes
+from tests.fake_mongo.streams import FakeChangeStream, FakeCursor
+from tests.fake_mongo.updates import apply_update
 
-Document = dict[str, Any]
-
-HISTORY_LOST = 286
-DUPLICATE_KEY = 11000
 INDEX_OPTIONS_CONFLICT = 85
 INDEX_KEY_SPECS_CONFLICT = 86
 DOCUMENT_VALIDATION_FAILURE = 121
-MAX_AWAIT_CAP = 0.1  # seconds an idle try_next waits at most, whatever it is asked
-
-
-# -- positions and tokens -----------------------------------------------------
-
-
-def position_of(cluster_time: Timestamp) -> int:
-    return (cluster_time.time << 32) | cluster_time.inc
-
-
-def token_of(position: int) -> Document:
-    return {"_data": f"{position:016x}"}
-
-
-def history_lost() -> OperationFailure:
-    message = (
-        "Executor error during getMore :: caused by :: Resume of change stream was not possible, "
-        "as the resume point may no longer be in the oplog."
-    )
-    return OperationFailure(
-        message,
-        code=HISTORY_LOST,
-        details={"ok": 0.0, "errmsg": message, "code": HISTORY_LOST, "codeName": "ChangeStreamHistoryLost"},
-    )
-
-
-def duplicate_key_error(collection: str, index: str, key: Mapping[str, Any]) -> Document:
-    return {
-        "code": DUPLICATE_KEY,
-        "errmsg": f"E11000 duplicate key error collection: fake.{collection} index: {index} dup key: {key}",
-        "keyPattern": {name: 1 for name in key},
-        "keyValue": dict(key),
-    }
-
-
-@dataclass(frozen=True)
-class Change:
-    """One oplog entry."""
-
-    position: int
-    cluster_time: Timestamp
-    collection: str | None  # None: a no-op, which moves the oplog but belongs to no collection
-    operation: str
-    key: Any = None
-    document: Document | None = None  # insert and replace: the document as written
-    update: Document | None = None  # update: its updateDescription
-
-
-# -- documents, filters, updates ----------------------------------------------
-
-_KIND = {type(None): 0, int: 1, float: 1, str: 2, dict: 3, list: 4, ObjectId: 7, bool: 8, datetime: 9}
-
-
-def _kind(value: Any) -> int:
-    if isinstance(value, Timestamp):
-        return 10
-    return _KIND.get(type(value), 11)
-
-
-def _sort_key(value: Any) -> tuple[int, Any]:
-    return (_kind(value), value if value is not None and not isinstance(value, dict | list) else 0)
-
-
-def _compare(a: Any, b: Any, operator: str) -> bool:
-    if _kind(a) != _kind(b) or a is None:  # range queries do not cross BSON types
-        return False
-    if operator == "$gt":
-        return bool(a > b)
-    if operator == "$gte":
-        return bool(a >= b)
-    if operator == "$lt":
-        return bool(a < b)
-    return bool(a <= b)
-
-
-_MISSING = object()
-
-
-def matches(document: Mapping[str, Any], query: Mapping[str, Any] | None) -> bool:
-    for name, condition in (query or {}).items():
-        value = document.get(name, _MISSING)
-        if isinstance(condition, Mapping) and condition and all(k.startswith("$") for k in condition):
-            for operator, operand in condition.items():
-                if operator == "$eq":
-                    ok = value == operand
-                elif operator == "$in":
-                    ok = value in operand
-                elif operator in ("$gt", "$gte", "$lt", "$lte"):
-                    ok = value is not _MISSING and _compare(value, operand, operator)
-                else:
-                    raise NotImplementedError(f"query operator {operator}")
-                if not ok:
-                    return False
-        elif (None if value is _MISSING else value) != condition:
-            return False
-    return True
-
-
-def project(document: Document, projection: Mapping[str, Any] | None) -> Document:
-    if not projection:
-        return document
-    included = {name for name, flag in projection.items() if flag}
-    if included:
-        if projection.get("_id", 1):
-            included.add("_id")
-        return {name: value for name, value in document.items() if name in included}
-    return {name: value for name, value in document.items() if name not in projection}
-
-
-def _larger(current: Any, candidate: Any) -> bool:
-    if current is None:
-        return True
-    if _kind(current) != _kind(candidate):
-        return _kind(candidate) > _kind(current)
-    return bool(candidate > current)
-
-
-def apply_update(document: Document, update: Mapping[str, Any], inserting: bool) -> Document:
-    result = copy.deepcopy(document)
-    for operator, fields in update.items():
-        for name, value in fields.items():
-            if operator == "$set" or (operator == "$setOnInsert" and inserting):
-                result[name] = copy.deepcopy(value)
-            elif operator == "$setOnInsert":
-                continue
-            elif operator == "$inc":
-                result[name] = result.get(name, 0) + value
-            elif operator == "$max":
-                if name not in result or _larger(result[name], value):
-                    result[name] = value
-            else:
-                raise NotImplementedError(f"update operator {operator}")
-    return result
-
-
-def _hashable(value: Any) -> Any:
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return (type(value).__name__, value) if isinstance(value, bool | ObjectId) else value
-
-
-@dataclass
-class Index:
-    name: str
-    keys: tuple[tuple[str, Any], ...]
-    unique: bool = False
-    expire_after_seconds: int | None = None
-
-    def describe(self) -> Document:
-        description: Document = {"v": 2, "key": dict(self.keys), "name": self.name}
-        if self.unique:
-            description["unique"] = True
-        if self.expire_after_seconds is not None:
-            description["expireAfterSeconds"] = self.expire_after_seconds
-        return description
-
-    def key_of(self, document: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(_hashable(document.get(name)) for name, _ in self.keys)
-
-
-@dataclass
-class Data:
-    """A collection's documents, by ``_id``, in insertion order, and its indexes."""
-
-    documents: dict[Any, Document] = field(default_factory=dict)
-    indexes: dict[str, Index] = field(default_factory=lambda: {"_id_": Index("_id_", (("_id", 1),))})
-
-    def conflict(
-        self, document: Mapping[str, Any], collection: str, ignore: Any = _MISSING
-    ) -> Document | None:
-        """The duplicate-key error ``document`` would cause, if any."""
-        key = _hashable(document.get("_id"))
-        if key != ignore and key in self.documents:
-            return duplicate_key_error(collection, "_id_", {"_id": document.get("_id")})
-        for index in self.indexes.values():
-            if not index.unique or index.name == "_id_":
-                continue
-            wanted = index.key_of(document)
-            for other_key, other in self.documents.items():
-                if other_key != ignore and index.key_of(other) == wanted:
-                    fields = {name: document.get(name) for name, _ in index.keys}
-                    return duplicate_key_error(collection, index.name, fields)
-        return None
 
 
 @dataclass
@@ -248,9 +46,6 @@ class _Rejection:
     errmsg: str
     index: int
     times: int
-
-
-# -- the server ----------------------------------------------------------------
 
 
 class FakeMongo:
@@ -410,31 +205,6 @@ class FakeAdmin:
         return {"ok": 1.0, "operationTime": self._server.cluster_time()}
 
 
-class FakeSession:
-    """A session whose transaction applies its writes when the callback returns."""
-
-    def __init__(self, server: FakeMongo) -> None:
-        self._server = server
-        self.staged: list[Callable[[], None]] | None = None
-
-    def __enter__(self) -> FakeSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.staged = None
-
-    def with_transaction(self, callback: Callable[[FakeSession], Any], **options: Any) -> Any:
-        self.staged = []
-        try:
-            result = callback(self)
-            with self._server.lock:
-                for write in self.staged:
-                    write()
-            return result
-        finally:
-            self.staged = None
-
-
 class FakeDatabase:
     def __init__(self, server: FakeMongo) -> None:
         self._server = server
@@ -446,10 +216,6 @@ class FakeDatabase:
 
     def get_collection(self, name: str, **options: Any) -> FakeCollection:
         return self[name]
-
-
-def _staged(session: Any) -> list[Callable[[], None]] | None:
-    return session.staged if isinstance(session, FakeSession) else None
 
 
 class FakeCollection:
@@ -556,7 +322,7 @@ class FakeCollection:
         self, requests: Sequence[Any], ordered: bool = True, session: Any = None
     ) -> BulkWriteResult:
         self._server.enter("bulk_write", self.name)
-        staged = _staged(session)
+        staged = staged_writes(session)
         if staged is not None:
             writes = copy.deepcopy(list(requests))
 
@@ -682,7 +448,7 @@ class FakeCollection:
 
     def _insert(self, document: Document) -> None:
         stored = copy.deepcopy(document)
-        self._data.documents[_hashable(stored["_id"])] = stored
+        self._data.documents[hashable(stored["_id"])] = stored
         self._server.append(self.name, "insert", key=stored["_id"], document=copy.deepcopy(stored))
 
     def _update(
@@ -707,7 +473,7 @@ class FakeCollection:
                         self.name, "replace", key=changed["_id"], document=copy.deepcopy(changed)
                     )
                 else:
-                    updated = {k: v for k, v in changed.items() if document.get(k, _MISSING) != v}
+                    updated = {k: v for k, v in changed.items() if document.get(k, MISSING) != v}
                     removed = [k for k in document if k not in changed]
                     description = {"updatedFields": updated, "removedFields": removed}
                     self._server.append(self.name, "update", key=changed["_id"], update=description)
@@ -785,200 +551,3 @@ def _bulk_result(
 
 def _command_error(code: int, name: str, message: str) -> OperationFailure:
     return OperationFailure(message, code, {"ok": 0.0, "errmsg": message, "code": code, "codeName": name})
-
-
-class FakeCursor:
-    """Runs its query at the first read; dead after an error, as pymongo's is."""
-
-    def __init__(
-        self,
-        server: FakeMongo,
-        collection: str,
-        query: Document,
-        projection: Mapping[str, Any] | None,
-        sort: Sequence[tuple[str, int]] | None,
-    ) -> None:
-        self._server = server
-        self._collection = collection
-        self._query = query
-        self._projection = projection
-        self._sort = list(sort or [])
-        self._results: Iterator[Document] | None = None
-        self.alive = True
-
-    def __iter__(self) -> FakeCursor:
-        return self
-
-    def __next__(self) -> Document:
-        if not self.alive:
-            raise StopIteration
-        try:
-            self._server.enter("cursor_next", self._collection)
-        except BaseException:
-            self.alive = False
-            raise
-        if self._results is None:
-            with self._server.lock:
-                found = [
-                    copy.deepcopy(d)
-                    for d in self._server.collection_data(self._collection).documents.values()
-                    if matches(d, self._query)
-                ]
-            for name, direction in reversed(self._sort):
-                found.sort(key=lambda d, n=name: _sort_key(d.get(n)), reverse=direction < 0)  # type: ignore[misc]
-            self._results = iter([project(d, self._projection) for d in found])
-        try:
-            return next(self._results)
-        except StopIteration:
-            self.alive = False
-            raise
-
-    def close(self) -> None:
-        self.alive = False
-
-
-class FakeChangeStream:
-    """Reads the oplog after a position; ``resume_token`` is the token of the last
-    change returned, or, once nothing is left, the newest oplog entry's (the
-    post-batch resume token: an idle stream's token moves with the oplog)."""
-
-    def __init__(
-        self,
-        server: FakeMongo,
-        collection: str,
-        pipeline: list[Mapping[str, Any]],
-        *,
-        full_document: str | None,
-        position: int,
-        max_await: float,
-        error: OperationFailure | None,
-    ) -> None:
-        self._server = server
-        self.collection = collection
-        self._match = [stage["$match"] for stage in pipeline if "$match" in stage]
-        self._project = [stage["$project"] for stage in pipeline if "$project" in stage]
-        self._full_document = full_document
-        self._position = position
-        self._max_await = min(max_await, MAX_AWAIT_CAP)
-        self._error = error
-        self._closed = False
-
-    @property
-    def alive(self) -> bool:
-        return not self._closed
-
-    @property
-    def resume_token(self) -> Document:
-        return token_of(self._position)
-
-    def close(self) -> None:
-        self._closed = True
-
-    def try_next(self) -> Document | None:
-        server = self._server
-        server.enter("try_next", self.collection)
-        with server.lock:
-            if self._closed:
-                return None
-            if self._error is not None or self._position < server.dropped_through:
-                self._closed = True
-                raise self._error or history_lost()
-            change = self._next_change()
-            if change is None:
-                server.lock.wait(self._max_await)
-                change = self._next_change()
-            return change
-
-    def _next_change(self) -> Document | None:
-        """Under the lock: the next change of this stream that passes its pipeline."""
-        for entry in self._server.oplog:
-            if entry.position <= self._position:
-                continue
-            self._position = entry.position
-            if entry.collection != self.collection:
-                continue
-            if entry.operation == "invalidate":
-                self._closed = True
-            change = self._describe(entry)
-            if all(matches(change, query) for query in self._match):
-                for projection in self._project:
-                    change = project(change, projection)
-                return change
-            if self._closed:
-                return None
-        return None
-
-    def _describe(self, entry: Change) -> Document:
-        change: Document = {
-            "_id": token_of(entry.position),
-            "operationType": entry.operation,
-            "clusterTime": entry.cluster_time,
-            "wallTime": datetime.fromtimestamp(entry.cluster_time.time, UTC),
-            "ns": {"db": self._server.name, "coll": self.collection},
-        }
-        if entry.operation in ("insert", "update", "replace", "delete"):
-            change["documentKey"] = {"_id": entry.key}
-        if entry.operation in ("insert", "replace"):
-            change["fullDocument"] = copy.deepcopy(entry.document)
-        elif entry.operation == "update":
-            change["updateDescription"] = copy.deepcopy(entry.update)
-            if self._full_document == "updateLookup":
-                current = self._server.collection_data(self.collection).documents.get(_hashable(entry.key))
-                change["fullDocument"] = copy.deepcopy(current)
-        return change
-
-
-# -- driving a processor -------------------------------------------------------
-
-
-class Tokens:
-    """A token store in memory that keeps every value saved."""
-
-    def __init__(self, value: str | None = None) -> None:
-        self.value = value
-        self.saved: list[str] = []
-
-    def load(self) -> str | None:
-        return self.value
-
-    def save(self, token: str) -> None:
-        self.saved.append(token)
-        self.value = token
-
-    def fence(self, epoch: int, holder: str) -> None:
-        """One instance per test: nobody to fence off."""
-
-    def checkpoint(self) -> Checkpoint | None:
-        return Checkpoint.loads(self.value)
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    """The sum of a metric's samples that carry ``labels`` (counters by their
-    exposed name, ``..._total``)."""
-    return sum(
-        s.value
-        for family in metrics.registry.collect()
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-class Running:
-    """A processor thread on ``store``; entered, it has committed its first batch
-    (on a first start: its starting point)."""
-
-    def __init__(self, store: Store, tokens: Tokens, metrics: Metrics, settings: Settings = FAST) -> None:
-        self.processor = Processor(store, settings, metrics)
-        self._tokens = tokens
-        self._thread = threading.Thread(target=self.processor.run, daemon=True)
-
-    def __enter__(self) -> Processor:
-        saved = len(self._tokens.saved)
-        self._thread.start()
-        wait_until(lambda: len(self._tokens.saved) > saved, message="the first batch")
-        return self.processor
-
-    def __exit__(self, *exc: object) -> None:
-        self.processor.stop()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), "the processor did not stop"

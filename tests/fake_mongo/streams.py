@@ -1,0 +1,162 @@
+"""What reads return: a query's cursor and a change stream on the oplog, both read
+lazily, as pymongo's are."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import OperationFailure
+
+from tests.fake_mongo.indexes import hashable
+from tests.fake_mongo.oplog import Change, history_lost, token_of
+from tests.fake_mongo.query import Document, matches, project, sort_key
+
+if TYPE_CHECKING:
+    from tests.fake_mongo.server import FakeMongo
+
+
+MAX_AWAIT_CAP = 0.1  # seconds an idle try_next waits at most, whatever it is asked
+
+
+class FakeCursor:
+    """Runs its query at the first read; dead after an error, as pymongo's is."""
+
+    def __init__(
+        self,
+        server: FakeMongo,
+        collection: str,
+        query: Document,
+        projection: Mapping[str, Any] | None,
+        sort: Sequence[tuple[str, int]] | None,
+    ) -> None:
+        self._server = server
+        self._collection = collection
+        self._query = query
+        self._projection = projection
+        self._sort = list(sort or [])
+        self._results: Iterator[Document] | None = None
+        self.alive = True
+
+    def __iter__(self) -> FakeCursor:
+        return self
+
+    def __next__(self) -> Document:
+        if not self.alive:
+            raise StopIteration
+        try:
+            self._server.enter("cursor_next", self._collection)
+        except BaseException:
+            self.alive = False
+            raise
+        if self._results is None:
+            with self._server.lock:
+                found = [
+                    copy.deepcopy(d)
+                    for d in self._server.collection_data(self._collection).documents.values()
+                    if matches(d, self._query)
+                ]
+            for name, direction in reversed(self._sort):
+                found.sort(key=lambda d, n=name: sort_key(d.get(n)), reverse=direction < 0)  # type: ignore[misc]
+            self._results = iter([project(d, self._projection) for d in found])
+        try:
+            return next(self._results)
+        except StopIteration:
+            self.alive = False
+            raise
+
+    def close(self) -> None:
+        self.alive = False
+
+
+class FakeChangeStream:
+    """Reads the oplog after a position; ``resume_token`` is the token of the last
+    change returned, or, once nothing is left, the newest oplog entry's (the
+    post-batch resume token: an idle stream's token moves with the oplog)."""
+
+    def __init__(
+        self,
+        server: FakeMongo,
+        collection: str,
+        pipeline: list[Mapping[str, Any]],
+        *,
+        full_document: str | None,
+        position: int,
+        max_await: float,
+        error: OperationFailure | None,
+    ) -> None:
+        self._server = server
+        self.collection = collection
+        self._match = [stage["$match"] for stage in pipeline if "$match" in stage]
+        self._project = [stage["$project"] for stage in pipeline if "$project" in stage]
+        self._full_document = full_document
+        self._position = position
+        self._max_await = min(max_await, MAX_AWAIT_CAP)
+        self._error = error
+        self._closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed
+
+    @property
+    def resume_token(self) -> Document:
+        return token_of(self._position)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def try_next(self) -> Document | None:
+        server = self._server
+        server.enter("try_next", self.collection)
+        with server.lock:
+            if self._closed:
+                return None
+            if self._error is not None or self._position < server.dropped_through:
+                self._closed = True
+                raise self._error or history_lost()
+            change = self._next_change()
+            if change is None:
+                server.lock.wait(self._max_await)
+                change = self._next_change()
+            return change
+
+    def _next_change(self) -> Document | None:
+        """Under the lock: the next change of this stream that passes its pipeline."""
+        for entry in self._server.oplog:
+            if entry.position <= self._position:
+                continue
+            self._position = entry.position
+            if entry.collection != self.collection:
+                continue
+            if entry.operation == "invalidate":
+                self._closed = True
+            change = self._describe(entry)
+            if all(matches(change, query) for query in self._match):
+                for projection in self._project:
+                    change = project(change, projection)
+                return change
+            if self._closed:
+                return None
+        return None
+
+    def _describe(self, entry: Change) -> Document:
+        change: Document = {
+            "_id": token_of(entry.position),
+            "operationType": entry.operation,
+            "clusterTime": entry.cluster_time,
+            "wallTime": datetime.fromtimestamp(entry.cluster_time.time, UTC),
+            "ns": {"db": self._server.name, "coll": self.collection},
+        }
+        if entry.operation in ("insert", "update", "replace", "delete"):
+            change["documentKey"] = {"_id": entry.key}
+        if entry.operation in ("insert", "replace"):
+            change["fullDocument"] = copy.deepcopy(entry.document)
+        elif entry.operation == "update":
+            change["updateDescription"] = copy.deepcopy(entry.update)
+            if self._full_document == "updateLookup":
+                current = self._server.collection_data(self.collection).documents.get(hashable(entry.key))
+                change["fullDocument"] = copy.deepcopy(current)
+        return change
