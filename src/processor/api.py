@@ -21,12 +21,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processor.health import Health
+from processor.json_values import Json, JsonObject
 from processor.metrics import Metrics
 from processor.models import (
     EventType,
     Identifier,
-    Json,
-    JsonObject,
     SubscriptionFields,
     SubscriptionPatch,
     UtcTime,

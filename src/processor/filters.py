@@ -14,6 +14,10 @@ processor on one event, and two things see to it:
   ``FilterBudgetExceeded``, which fails the pairs of the subscriptions that
   needed it, and those alone.
 
+The filters themselves (``EventFilters``: ``source``, ``metadata`` and
+``payload`` conditions with their operators) are defined here too, as the
+data contract has them; what each means on an event is ``processor.predicates``'.
+
 Values are compared as JSON values, not as Python objects (``json_equal``):
 ``1`` equals ``1.0`` but ``true`` does not equal ``1``. What conditions make
 of the values a query selects is ``processor.predicates``' business.
@@ -25,7 +29,7 @@ import functools
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import jsonpath_rfc9535
 from jsonpath_rfc9535 import JSONPathEnvironment, JSONPathNode, JSONPathQuery
@@ -44,8 +48,10 @@ from jsonpath_rfc9535.filter_expressions import (
 from jsonpath_rfc9535.function_extensions import ExpressionType, FilterFunction
 from jsonpath_rfc9535.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
 from jsonpath_rfc9535.selectors import FilterSelector, IndexSelector, NameSelector, WildcardSelector
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, StrictStr, Tag, model_validator
 
 from processor.iregexp import InvalidIRegexp, Program, program
+from processor.json_values import Json, JsonObject
 
 MAX_EXPRESSION_LENGTH = 512
 MAX_FAN_OUT = 64  # the product of the selectors of every segment of a path
@@ -429,3 +435,60 @@ def json_equal(left: object, right: object) -> bool:
 def is_number(value: object) -> bool:
     """A JSON number: booleans are not, whatever Python says."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- the filters as subscriptions hold them ----------------------------------------
+
+
+def _query(expression: str) -> str:
+    compile_path(expression)
+    return expression
+
+
+JsonPath = Annotated[StrictStr, AfterValidator(_query)]
+
+
+class PayloadCondition(BaseModel):
+    """``{"path": ..., "op": ..., "value": ...}``: true when a selected node satisfies ``op``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: JsonPath
+    op: Operator
+    value: Json = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Self:
+        given = "value" in self.model_fields_set
+        if self.op == "exists" and given:
+            raise ValueError("op 'exists' takes no value")
+        if self.op != "exists" and not given:
+            raise ValueError(f"op {self.op!r} needs a value")
+        if self.op in ("in", "nin") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op!r} needs a list as its value")
+        return self
+
+
+def _payload_kind(condition: Any) -> str:
+    return "query" if isinstance(condition, str) else "condition"
+
+
+# Tagged by its shape, so that a faulty entry is reported against the one form it
+# was meant to be, not against both.
+PayloadFilter = Annotated[
+    Annotated[PayloadCondition, Tag("condition")] | Annotated[JsonPath, Tag("query")],
+    Discriminator(_payload_kind),
+]
+
+
+class EventFilters(BaseModel):
+    """Every part that is present must hold: ``source`` lists the sources
+    accepted, ``metadata`` the entries the event's metadata must have (equal as
+    JSON values), and ``payload`` conditions on its data. What each means on an
+    event is ``processor.predicates``'."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: list[StrictStr] | None = None
+    metadata: JsonObject | None = None
+    payload: list[PayloadFilter] | None = None

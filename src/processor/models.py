@@ -9,30 +9,25 @@ person can act on, and a bad request gets a 4xx that says what to fix.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
-    JsonValue,
     StrictBool,
     StrictStr,
     StringConstraints,
-    Tag,
     ValidationError,
-    model_validator,
 )
 
 from fastmatch import validate_event_type, validate_pattern
-from processor.filters import Operator, compile_path
+from processor.filters import EventFilters
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
@@ -70,21 +65,6 @@ def _time_input(value: object) -> object:
     raise ValueError(f"must be a time (RFC 3339 text), not {type(value).__name__}")
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: a value holding one could not be stored as
-    JSON text, nor read back. Walked without recursion: the value may be deep."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"holds {item!r}: NaN, Infinity and numbers too large for a double are not JSON")
-        if isinstance(item, list):
-            pending += item
-        elif isinstance(item, dict):
-            pending += item.values()
-    return value
-
-
 Text = Annotated[StrictStr, StringConstraints(min_length=1)]
 Identifier = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 # fastmatch's InvalidPattern is a ValueError, which pydantic reports as the field's error.
@@ -92,17 +72,6 @@ EventType = Annotated[StrictStr, AfterValidator(validate_event_type)]
 Pattern = Annotated[StrictStr, AfterValidator(validate_pattern)]
 Url = Annotated[StrictStr, AfterValidator(_http_url)]
 UtcTime = Annotated[datetime, BeforeValidator(_time_input), AfterValidator(_utc)]
-Json = Annotated[JsonValue, AfterValidator(_finite)]
-"""Any JSON value; ``JsonValue`` alone also takes NaN and infinity (Python's ``json`` reads them)."""
-JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
-
-
-def _query(expression: str) -> str:
-    compile_path(expression)
-    return expression
-
-
-JsonPath = Annotated[StrictStr, AfterValidator(_query)]
 
 
 class Event(BaseModel):
@@ -123,52 +92,6 @@ class Event(BaseModel):
     subject: StrictStr | None = None
     correlation_id: StrictStr | None = None
     causation_id: StrictStr | None = None
-
-
-class PayloadCondition(BaseModel):
-    """``{"path": ..., "op": ..., "value": ...}``: true when a selected node satisfies ``op``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: JsonPath
-    op: Operator
-    value: Json = None
-
-    @model_validator(mode="after")
-    def _value_fits_op(self) -> Self:
-        given = "value" in self.model_fields_set
-        if self.op == "exists" and given:
-            raise ValueError("op 'exists' takes no value")
-        if self.op != "exists" and not given:
-            raise ValueError(f"op {self.op!r} needs a value")
-        if self.op in ("in", "nin") and not isinstance(self.value, list):
-            raise ValueError(f"op {self.op!r} needs a list as its value")
-        return self
-
-
-def _payload_kind(condition: Any) -> str:
-    return "query" if isinstance(condition, str) else "condition"
-
-
-# Tagged by its shape, so that a faulty entry is reported against the one form it
-# was meant to be, not against both.
-PayloadFilter = Annotated[
-    Annotated[PayloadCondition, Tag("condition")] | Annotated[JsonPath, Tag("query")],
-    Discriminator(_payload_kind),
-]
-
-
-class EventFilters(BaseModel):
-    """Every part that is present must hold: ``source`` lists the sources
-    accepted, ``metadata`` the entries the event's metadata must have (equal as
-    JSON values), and ``payload`` conditions on its data. What each means on an
-    event is ``processor.predicates``'."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: list[StrictStr] | None = None
-    metadata: JsonObject | None = None
-    payload: list[PayloadFilter] | None = None
 
 
 class SubscriptionFields(BaseModel):

@@ -27,6 +27,7 @@ from processor.filters import (
     WILDCARD,
     ChildTest,
     Conjunction,
+    EventFilters,
     Operator,
     Step,
     check_budget,
@@ -40,7 +41,7 @@ from processor.filters import (
     walk,
     walk_from,
 )
-from processor.models import Event, EventFilters
+from processor.models import Event
 
 MAX_INDEXED_VALUES = 64  # of an ``in`` condition that the filter index looks up by value
 

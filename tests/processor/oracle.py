@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from processor.filters import compile_path, select
-from processor.models import Event, EventFilters, Subscription
+from processor.filters import EventFilters, compile_path, select
+from processor.models import Event, Subscription
 
 
 def _number(value: object) -> bool:
