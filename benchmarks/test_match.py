@@ -1,6 +1,6 @@
 """Match rate of both tries against the reference lookup and a naive linear scan.
 
-Run: ``pytest benchmarks/test_match.py`` (see the README for the figures).
+Run: ``pytest benchmarks/test_match.py`` (figures in benchmarks/README.md).
 
 The reference is the most a matcher called from Python can reach: one dict
 lookup of the whole event type behind a Python call. "distinct" feeds event
