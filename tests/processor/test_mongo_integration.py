@@ -1,6 +1,8 @@
 """The MongoDB store against a real replica set (change streams and transactions
 need one): set FC_TEST_MONGO_URL, e.g. mongodb://localhost:27017/?replicaSet=rs0.
-Each test works in a database of its own, dropped afterwards."""
+Each test works in a database of its own, dropped afterwards. What only a real
+server shows of this store is here (lost history, indexes); the contract suite
+(tests/stores/test_contract.py) runs on the same replica set when it is set."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,12 +17,10 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from processor.jobs import job_id
-from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.stores.mongo import INDEXES, Checkpoint, MongoFeed, MongoStore, ensure_indexes
+from processor.stores.mongo import INDEXES, Checkpoint, MongoStore, ensure_indexes
 from tests.fake_mongo import Document, Running, Tokens, sample
-from tests.processor.harness import FAST, wait_until
+from tests.processor.harness import wait_until
 
 URL = os.environ.get("FC_TEST_MONGO_URL")
 pytestmark = pytest.mark.skipif(
@@ -91,73 +90,6 @@ def ancient(token: Document) -> Document:
     data = str(token["_data"])
     assert data[:2] == "82", f"unknown resume token format: {data}"
     return {**token, "_data": data[:2] + f"{1:08X}{1:08X}" + data[18:]}
-
-
-def test_inserted_events_become_jobs(db: Database[Document]) -> None:
-    subscribe(db, "all")
-    tokens, metrics = Tokens(), Metrics()
-    store = MongoStore(db, tokens)
-    with Running(store, tokens, metrics):
-        event = publish(db, data={"at": datetime(2024, 5, 1, tzinfo=UTC)})
-        wait_until(lambda: job_count(db) == 1, timeout=30)
-    store.close()
-    document = db["dispatch_jobs"].find_one({"_id": job_id(event, "all")})
-    assert document is not None
-    assert (document["event_id"], document["subscription_id"], document["status"]) == (
-        event,
-        "all",
-        "PENDING",
-    )
-    checkpoint = tokens.checkpoint()
-    assert checkpoint is not None and checkpoint.resume_token is not None
-
-
-def test_a_restart_resumes_after_the_saved_token(db: Database[Document]) -> None:
-    subscribe(db, "all")
-    tokens = Tokens()
-    first = MongoStore(db, tokens)
-    with Running(first, tokens, Metrics()):
-        before = publish(db)
-        wait_until(lambda: job_count(db) == 1, timeout=30)
-    first.close()
-    while_down = [publish(db), publish(db)]
-    metrics = Metrics()
-    second = MongoStore(db, tokens)
-    with Running(second, tokens, metrics):
-        wait_until(lambda: job_count(db) == 3, timeout=30)
-    second.close()
-    assert jobs(db) == {(e, "all") for e in [before, *while_down]}
-    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
-
-
-def test_a_replayed_batch_creates_no_duplicates(db: Database[Document]) -> None:
-    subscribe(db, "all")
-    tokens, metrics = Tokens(), Metrics()
-    store = MongoStore(db, tokens)
-    processor = Processor(store, FAST, metrics)
-    feed = store.open_feed(None)
-    processor.process(processor.retry("read", feed.next_batch, 50, FAST.max_wait))
-    start = tokens.value
-    events = [publish(db), publish(db)]
-
-    def read_all(processor: Processor, feed: MongoFeed) -> int:
-        created = duplicates = 0
-        while created + duplicates < 2:
-            report = processor.process(processor.retry("read", feed.next_batch, 50, FAST.max_wait))
-            created, duplicates = created + report.jobs_created, duplicates + report.duplicates
-        return duplicates
-
-    assert read_all(processor, feed) == 0
-    feed.close()
-    replay = Processor(store, FAST, Metrics())
-    replay_feed = store.open_feed(start)
-    assert read_all(replay, replay_feed) == 2
-    replay_feed.close()
-    store.close()
-    assert job_count(db) == 2
-    assert jobs(db) == {(e, "all") for e in events}
-    counted = db["event_type_counts"].find_one({"_id": SHIPPED})
-    assert counted is not None and counted["count"] == 2, "projections counted once"
 
 
 def test_lost_history_is_caught_up_from_the_events_collection(

@@ -1,6 +1,9 @@
-"""The MongoDB store's logic, on a fake database with an oplog (tests/fake_mongo/),
-driving the real processor: in a thread where the flow matters,
-a batch at a time where the exact interleaving does."""
+"""The MongoDB store's own logic, on a fake database with an oplog
+(tests/fake_mongo/), driving the real processor: in a thread where the flow
+matters, a batch at a time where the exact interleaving does. Change streams,
+lost history, network errors, the token's mirror, the documents as written;
+what every store must do is the contract suite's (tests/stores/test_contract.py),
+which runs on this fake too."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.models import MAX_DEAD_LETTER_RAW, DispatchJob, Event, Subscription, parse_event
 from processor.projections import Tally, event_key
-from processor.stores.base import CommitReport, Fenced, ProcessedBatch, StoreUnavailable
+from processor.stores.base import CommitReport, ProcessedBatch, StoreUnavailable
 from processor.stores.mongo import (
     CATCH_UP_MARGIN,
     Checkpoint,
@@ -281,26 +284,6 @@ def test_a_write_error_other_than_a_duplicate_is_retried_until_written(
 # -- restarts and lost history ----------------------------------------------------------
 
 
-def test_a_restart_resumes_after_the_saved_token(fake: FakeMongo, tokens: Tokens) -> None:
-    subscribe(fake, "all")
-    first = MongoStore(fake.db, tokens)
-    with Running(first, tokens, Metrics()):
-        before = [publish(fake), publish(fake)]
-        wait_until(lambda: job_count(fake) == 2, message="jobs before the stop")
-    first.close()
-    while_down = [publish(fake), publish(fake)]
-    metrics = Metrics()
-    second = MongoStore(fake.db, tokens)
-    with Running(second, tokens, metrics):
-        after = publish(fake)
-        wait_until(lambda: job_count(fake) == 5, message="jobs after the restart")
-    second.close()
-    assert jobs(fake) == {(e, "all") for e in [*before, *while_down, after]}
-    assert sample(metrics, "fc_stream_dispatch_jobs_created_total") == 3
-    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0, "nothing read twice"
-    assert sample(metrics, "fc_stream_lost_history_recoveries_total") == 0
-
-
 def test_a_restart_whose_token_store_is_empty_resumes_from_the_stores_checkpoint(fake: FakeMongo) -> None:
     subscribe(fake, "all")
     published: list[str] = []
@@ -320,30 +303,6 @@ def test_a_restart_whose_token_store_is_empty_resumes_from_the_stores_checkpoint
     assert counts(fake, "event_type_counts")[SHIPPED]["count"] == len(published)
     saved = fake.db["stream_checkpoints"].find_one({"_id": "stream-processor"})
     assert saved is not None and Checkpoint.loads(saved["checkpoint"]) is not None
-
-
-def test_the_checkpoint_refuses_a_smaller_epoch_and_the_same_epoch_from_another_holder(
-    fake: FakeMongo,
-) -> None:
-    subscribe(fake, "all")
-    first, second = MongoStore(fake.db, Tokens()), MongoStore(fake.db, Tokens())
-    first.fence(5, "a 1")
-    with pytest.raises(Fenced) as refused:
-        second.fence(5, "b 2")
-    assert refused.value.epoch == 5
-    second.fence(6, "b 2")
-    event = parse_event({"id": "e1", "type": SHIPPED, "client_id": "acme"}, datetime.now(UTC))
-    stored = fake.db["subscriptions"].find_one({"_id": "all"})
-    assert stored is not None
-    subscription = Subscription.model_validate({**stored, "id": "all"})
-    due = create_jobs(event, [subscription], datetime.now(UTC))
-    token = Checkpoint(None, fake.cluster_time()).dumps()
-    with pytest.raises(Fenced):
-        first.commit(counted_batch([event], due, token))
-    assert counts(fake, "event_type_counts") == {}, "the refused batch counted nothing"
-    assert job_count(fake) == 0, "a deposed leader is turned away before its jobs"
-    second.commit(counted_batch([event], due, token))
-    assert counts(fake, "event_type_counts")[SHIPPED]["count"] == 1 and job_count(fake) == 1
 
 
 class UnreachableMirror(Tokens):
@@ -528,43 +487,6 @@ def test_an_idle_stream_keeps_its_token_fresh(
 # -- subscriptions -------------------------------------------------------------------------
 
 
-def test_a_subscription_applies_to_the_events_inserted_while_it_existed(
-    fake: FakeMongo, stepper: Stepper
-) -> None:
-    subscribe(fake, "temporary")
-    during = publish(fake)
-    fake.db["subscriptions"].delete_one({"_id": "temporary"})
-    after = publish(fake)
-    stepper.step()  # both events in one batch
-    assert jobs(fake) == {(during, "temporary")}
-    assert after not in {e for e, _ in jobs(fake)}
-
-
-def test_subscriptions_are_loaded_at_start_and_kept_current(
-    fake: FakeMongo, mongo: MongoStore, metrics: Metrics
-) -> None:
-    subscribe(fake, "sub", "orders:*:*:*")
-    stepper = Stepper(mongo, metrics)
-    stepper.step()
-    first = publish(fake)
-    stepper.step()
-    fake.db["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": "billing:*:*:*"}})
-    second = publish(fake)
-    third = publish(fake, BILLED)
-    stepper.step()
-    fake.db["subscriptions"].update_one({"_id": "sub"}, {"$set": {"active": False}})
-    fourth = publish(fake, BILLED)
-    stepper.step()
-    stored = fake.db["subscriptions"].find_one({"_id": "sub"})
-    assert stored is not None
-    fake.db["subscriptions"].replace_one({"_id": "sub"}, {**stored, "active": True})
-    fifth = publish(fake, BILLED)
-    stepper.step()
-    stepper.close()
-    assert jobs(fake) == {(first, "sub"), (third, "sub"), (fifth, "sub")}
-    assert {second, fourth}.isdisjoint(e for e, _ in jobs(fake))
-
-
 @pytest.mark.xfail(
     reason="fullDocument='updateLookup' gives a subscription as it is when its change is read, not as "
     "the update left it: of two updates read in one batch, the first already carries the second's "
@@ -652,21 +574,6 @@ def counted_batch(events: list[Event], jobs: list[DispatchJob], token: str | Non
     return ProcessedBatch(events, jobs, [], token, tally=Tally(list(map(event_key, events)), jobs, token))
 
 
-def test_projections_count_a_replayed_batch_once(fake: FakeMongo, mongo: MongoStore, tokens: Tokens) -> None:
-    batch = _batch(Checkpoint({"_data": "0000000100000001"}, None).dumps())
-    assert mongo.commit(batch) == CommitReport(jobs_created=3, duplicates=0)
-    assert mongo.commit(batch) == CommitReport(jobs_created=0, duplicates=3)
-    types = counts(fake, "event_type_counts")
-    assert {t: d["count"] for t, d in types.items()} == {SHIPPED: 2, BILLED: 1}
-    stats = counts(fake, "subscription_stats")["sub"]
-    assert stats["jobs_created"] == 3
-    assert stats["last_matched_at"] == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    activity = counts(fake, "client_activity")["acme"]
-    assert (activity["events"], activity["jobs"]) == (3, 3)
-    assert activity["last_event_time"] == datetime(2024, 5, 1, 12, 0, 2, tzinfo=UTC)
-    assert tokens.value == batch.resume_token
-
-
 def test_projections_and_their_marks_are_written_together_or_not_at_all(
     fake: FakeMongo, mongo: MongoStore
 ) -> None:
@@ -681,51 +588,6 @@ def test_projections_and_their_marks_are_written_together_or_not_at_all(
     assert {t: d["count"] for t, d in counts(fake, "event_type_counts").items()} == {SHIPPED: 2, BILLED: 1}
     activity = counts(fake, "client_activity")["acme"]
     assert (activity["events"], activity["jobs"]) == (3, 3)
-
-
-def test_an_invalid_event_is_dead_lettered_once(
-    fake: FakeMongo, mongo: MongoStore, tokens: Tokens, metrics: Metrics, stepper: Stepper
-) -> None:
-    subscribe(fake, "all")
-    start = tokens.value
-    invalid = publish(fake, client_id=None, data={"at": datetime(2024, 5, 1, tzinfo=UTC)})
-    valid = publish(fake)
-    stepper.step()
-    assert jobs(fake) == {(valid, "all")}
-    letters = list(fake.db["dead_letters"].find())
-    assert len(letters) == 1
-    letter = letters[0]
-    assert letter["event_id"] == invalid
-    assert letter["reason"].startswith("client_id"), letter["reason"]
-    assert invalid in letter["raw"] and "orders-service" in letter["raw"], "the raw document is kept"
-    assert sample(metrics, "fc_stream_events_dead_lettered_total", reason="invalid_client_id") == 1
-    replay = Stepper(mongo, Metrics(), start)  # a restart from before the batch
-    replay.step()
-    replay.close()
-    assert fake.db["dead_letters"].count_documents({}) == 1
-    assert jobs(fake) == {(valid, "all")}
-
-
-def test_a_filter_that_fails_fails_its_pair_alone_and_is_recorded_once(
-    fake: FakeMongo, mongo: MongoStore, tokens: Tokens, metrics: Metrics, stepper: Stepper
-) -> None:
-    subscribe(fake, "deep", filters={"payload": ["$..x"]})
-    subscribe(fake, "all")
-    start = tokens.value
-    data: dict[str, Any] = {"x": 1}
-    for _ in range(150):  # deeper than the JSONPath descent goes
-        data = {"a": data}
-    deep = publish(fake, data=data)
-    stepper.step()
-    assert jobs(fake) == {(deep, "all")}
-    assert fake.db["dead_letters"].count_documents({}) == 0
-    (failure,) = fake.db["filter_failures"].find()
-    assert (failure["event_id"], failure["subscription_id"], failure["client_id"]) == (deep, "deep", "acme")
-    assert failure["_id"] == job_id(deep, "deep") and "recursion" in failure["reason"]
-    replay = Stepper(mongo, Metrics(), start)
-    replay.step()
-    replay.close()
-    assert fake.db["filter_failures"].count_documents({}) == 1, "a replay records the pair once"
 
 
 def test_batches_are_bounded_by_bytes_and_an_event_over_the_cap_is_dead_lettered_small(
