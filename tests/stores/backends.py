@@ -27,7 +27,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from processor.models import DispatchJob
-from processor.stores.base import MAX_EVENT_BYTES, Store, StoreUnavailable
+from processor.stores.base import MAX_EVENT_BYTES, Store
 from processor.stores.mongo import MongoStore, ensure_indexes
 from processor.stores.sqlite import SqliteStore, connect, job_from_row, timestamp
 from tests.fake_mongo import Document, Tokens
@@ -148,32 +148,8 @@ FIRST_START_AT_THE_CURRENT_POINT = "a first start takes no event inserted before
 SUBSCRIPTIONS_AS_OF_INSERT_AFTER_A_RESTART = "a restart matches the backlog as of each event's insert"
 NO_EVENT_TIME_WITHOUT_EVENTS = "a client with jobs and no events has no latest event time"
 
-SQLITE_DEFECTS = {
-    COUNTED_ONCE_WHEN_REPLAYED: Defect(
-        "SqliteStore._count adds every event of a tally to event_type_counts and client_activity "
-        "without looking at its marks: events at or before counted_seq, counted already, are counted "
-        "again when their batch is committed again (a replay from an earlier token); only the jobs "
-        "are checked against what was stored since the last count"
-    ),
-    NO_EVENT_TIME_WITHOUT_EVENTS: Defect(
-        "SqliteStore._apply upserts client_activity.last_event_time as "
-        "max(coalesce(last_event_time, ''), coalesce(excluded.last_event_time, '')): a client counted "
-        "twice with jobs and no events gets '' for its latest event time, not NULL"
-    ),
-}
+SQLITE_DEFECTS: dict[str, Defect] = {}
 MONGO_DEFECTS = {
-    A_JOB_TWICE_IN_ONE_BATCH: Defect(
-        "MongoStore._project inserts one projection mark per key of the tally, so a job (or an event) "
-        "twice in one batch inserts its mark twice: the duplicate key aborts the transaction, and the "
-        "commit fails with StoreUnavailable at every retry; two events whose _ids read as the same "
-        "string (an ObjectId and its hex text) stop the processor so",
-        raises=StoreUnavailable,
-    ),
-    FIRST_START_AT_THE_CURRENT_POINT: Defect(
-        "MongoFeed._open starts a first stream at the ping's operationTime with "
-        "start_at_operation_time, which includes the change at that time: the last write before the "
-        "start, when it is an event, is processed"
-    ),
     SUBSCRIPTIONS_AS_OF_INSERT_AFTER_A_RESTART: Defect(
         "MongoSubscriptions._reload hands out the subscriptions as they are when the feed's first "
         "batch is processed, applying to every event (effective_after -1), not as they stood at the "

@@ -21,7 +21,7 @@ import pytest
 
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor, Settings
-from processor.models import PENDING, DispatchJob, Subscription, parse_event
+from processor.models import PENDING, DispatchJob, Event, Subscription
 from processor.projections import Tally, event_key
 from processor.stores.base import (
     BATCH_BYTES,
@@ -64,6 +64,26 @@ def publish(
     """An event as a publisher inserts it; ``None`` leaves a field out."""
     document = {"type": type, "client_id": client_id, "source": SOURCE, **fields}
     return backend.publish({name: value for name, value in document.items() if value is not None})
+
+
+def fed(store: Store, after: ResumeToken | None, ids: list[str]) -> tuple[list[Event], ResumeToken | None]:
+    """The events ``ids`` as the feed after ``after`` hands them out, and the
+    position after them: a tally counts events of the feed, by their positions."""
+    feed = store.open_feed(after)
+    events: list[Event] = []
+    token = after
+
+    def read() -> bool:
+        nonlocal token
+        batch = feed.next_batch(len(ids), MAX_WAIT)
+        events.extend(entry.event() for entry in batch.entries)
+        token = batch.resume_token
+        return len(events) >= len(ids)
+
+    wait_until(read, timeout=DEADLINE, message="the events from the feed")
+    feed.close()
+    assert [event.id for event in events] == ids
+    return events, token
 
 
 def jobs(backend: Backend) -> set[tuple[str, str]]:
@@ -435,14 +455,9 @@ def test_a_batch_committed_twice_with_its_tally_is_counted_once(
 ) -> None:
     expect_defect(request, backend, COUNTED_ONCE_WHEN_REPLAYED)
     store = backend.open()
-    token = Run(store).token
-    events = [
-        parse_event(
-            {"id": f"evt-{n}", "type": SHIPPED if n < 2 else BILLED, "client_id": "acme"},
-            NOW + timedelta(seconds=n),
-        )
-        for n in range(3)
-    ]
+    start = Run(store).token
+    ids = [publish(backend, SHIPPED if n < 2 else BILLED, time=NOW + timedelta(seconds=n)) for n in range(3)]
+    events, token = fed(store, start, ids)
     due = [job for event in events for job in create_jobs(event, [subscription("sub")], NOW)]
     batch = ProcessedBatch(events, due, [], token, tally=Tally(list(map(event_key, events)), due, token))
     assert store.commit(batch) == CommitReport(jobs_created=3, duplicates=0)
@@ -497,13 +512,13 @@ def test_a_newer_leader_fences_the_store_and_the_deposed_one_writes_nothing(back
         new.fence(5, "b 2")
     assert refused.value.epoch == 5, "the same epoch from another holder is refused"
     new.fence(6, "b 2")
-    event = parse_event({"id": "e1", "type": SHIPPED, "client_id": "acme"}, NOW)
+    (event,), after = fed(new, token, [publish(backend)])
     due = create_jobs(event, [subscription("all")], NOW)
-    batch = ProcessedBatch([event], due, [], token, tally=Tally([event_key(event)], due, token))
+    batch = ProcessedBatch([event], due, [], after, tally=Tally([event_key(event)], due, after))
     with pytest.raises(Fenced):
         old.store.commit(batch)
     with pytest.raises(Fenced):
-        old.store.count(Tally([event_key(event)], due, token))
+        old.store.count(Tally([event_key(event)], due, after))
     published = publish(backend)
     with pytest.raises(Fenced):
         old.through(published)  # the loop meets it at its next commit
@@ -513,7 +528,7 @@ def test_a_newer_leader_fences_the_store_and_the_deposed_one_writes_nothing(back
     assert backend.projections().event_types == {SHIPPED: 1}
     successor = Run(new)
     successor.through(published)
-    assert jobs(backend) == {("e1", "all"), (published, "all")}
+    assert jobs(backend) == {(event.id, "all"), (published, "all")}
 
 
 # -- dead letters and filter failures -------------------------------------------------------------------

@@ -98,7 +98,10 @@ class MongoFeed:
         self.close()
         token = self._checkpoint.resume_token if self._checkpoint else None
         if token is None:
-            start = self._cluster_time()
+            # The stream takes changes at its start time too: the last write the
+            # server knew of, which (an event inserted before the start) is past.
+            now = self._cluster_time()
+            start = Timestamp(now.time, now.inc + 1) if now.inc < 0xFFFFFFFF else Timestamp(now.time + 1, 0)
             self._stream = self._events.watch(PIPELINE, start_at_operation_time=start, **options)
             self._checkpoint = Checkpoint(None, start)
             return

@@ -259,12 +259,15 @@ class MongoStore:
             if not keys:
                 return
             seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
+            # Each key once, whatever the batch holds twice (two _ids that read as
+            # one id): a mark inserted twice would abort the transaction at every retry.
+            counted = seen.copy()
             delta = ProjectionDelta.of(
-                (e for e in events if f"event:{e[0]}" not in seen),
-                (j for j in jobs if f"job:{j.id}" not in seen),
+                (e for e in events if _first(f"event:{e[0]}", counted)),
+                (j for j in jobs if _first(f"job:{j.id}", counted)),
             )
             now = datetime.now(UTC)
-            new = [InsertOne({"_id": key, "at": now}) for key in keys if key not in seen]
+            new = [InsertOne({"_id": key, "at": now}) for key in dict.fromkeys(keys) if key not in seen]
             if new:
                 marks.bulk_write(new, ordered=False, session=session)
             self._apply(delta, session)
@@ -312,3 +315,11 @@ class MongoStore:
 
     def close(self) -> None:
         self._subscriptions.close()
+
+
+def _first(key: str, counted: set[str]) -> bool:
+    """Whether ``key`` is counted for the first time; it is from now on."""
+    if key in counted:
+        return False
+    counted.add(key)
+    return True

@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from pathlib import Path
+from typing import TypeVar
 
 from processor.models import DeadLetter, DispatchJob, FilterFailure
-from processor.projections import ProjectionDelta, Tally, Uncounted
+from processor.projections import EventKey, ProjectionDelta, Tally, Uncounted
 from processor.stores.base import (
     MAX_EVENT_BYTES,
     CommitReport,
@@ -213,33 +215,34 @@ class SqliteStore:
             self._claim_token()  # refused, and the count with it, once a newer leader saved one
 
     def _count(self, tally: Tally) -> None:
-        """Within a transaction: apply the tally and mark it counted: the events up
-        to its ``through``, and every job stored. Of its jobs, those stored since
-        the last count are counted (a replayed event's jobs were stored before)."""
+        """Within a transaction: apply the tally and mark it counted. Of its events,
+        those after the counted mark are counted (a replay from an earlier token
+        brings back events counted already); of its jobs, those stored since the
+        last count (a replayed event's jobs were stored before)."""
         if tally.through is None:
             raise ValueError("a tally to count says where its events end")
-        connection = self._connection
-        jobs = tally.jobs
-        if jobs:
-            marks = connection.execute(
-                "SELECT jobs_seq FROM projection_marks WHERE key = ?", (self._resume_key,)
-            ).fetchone()
-            rows = connection.execute(
-                "SELECT id FROM dispatch_jobs WHERE seq > ?", (0 if marks is None else marks[0],)
-            )
-            stored = {row[0] for row in rows}
-            jobs = []
-            for job in tally.jobs:  # of equal jobs, one was stored
-                if job.id in stored:
-                    stored.discard(job.id)
-                    jobs.append(job)
-        self._apply(tally.delta(jobs))
-        through = int(tally.through)
+        connection, through = self._connection, int(tally.through)
+        marks = connection.execute(
+            "SELECT counted_seq, committed_seq, jobs_seq FROM projection_marks WHERE key = ?",
+            (self._resume_key,),
+        ).fetchone()
+        counted, committed, jobs_seq = marks if marks is not None else (0, 0, 0)
+        events = _stored_once(
+            tally.events,
+            _event_id,
+            connection.execute(
+                "SELECT id FROM events WHERE seq > ? AND seq <= ?", (counted, max(through, committed))
+            ),
+        )
+        jobs = _stored_once(
+            tally.jobs, _job_id, connection.execute("SELECT id FROM dispatch_jobs WHERE seq > ?", (jobs_seq,))
+        )
+        self._apply(ProjectionDelta.of(events, jobs))
         connection.execute(
             "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
             f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
-            "committed_seq = excluded.committed_seq, counted_seq = excluded.counted_seq, "
-            "jobs_seq = excluded.jobs_seq",
+            "committed_seq = excluded.committed_seq, "
+            "counted_seq = max(counted_seq, excluded.counted_seq), jobs_seq = excluded.jobs_seq",
             (self._resume_key, through),
         )
 
@@ -319,8 +322,8 @@ class SqliteStore:
             "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
             "jobs = jobs + excluded.jobs, "
-            "last_event_time = max(coalesce(last_event_time, ''), "
-            "coalesce(excluded.last_event_time, ''))",
+            "last_event_time = nullif(max(coalesce(last_event_time, ''), "
+            "coalesce(excluded.last_event_time, '')), '')",
             [(key, events, jobs, sql_value(last)) for key, events, jobs, last in delta.client_rows()],
         )
 
@@ -338,3 +341,22 @@ READ_UNCOUNTED = (
 )
 READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
 LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"
+
+
+T = TypeVar("T")
+_event_id: Callable[[EventKey], str] = itemgetter(0)
+_job_id: Callable[[DispatchJob], str] = attrgetter("id")
+
+
+def _stored_once(items: list[T], key: Callable[[T], str], rows: Iterable[tuple[str]]) -> list[T]:
+    """The ``items`` whose key is among ``rows`` (the ids stored since the last
+    count), each key once: what a tally adds that was not counted before."""
+    if not items:
+        return items
+    stored = {row[0] for row in rows}
+    taken = []
+    for item in items:
+        if key(item) in stored:
+            stored.discard(key(item))
+            taken.append(item)
+    return taken
