@@ -203,7 +203,7 @@ class Processor:
         report = self.retry(
             "commit",
             self.store.commit,
-            ProcessedBatch(events, jobs, dead_letters, batch.resume_token, failures, tally),
+            ProcessedBatch(jobs, dead_letters, batch.resume_token, failures, tally),
         )
         self.projector.committed(batch, events, jobs, counted=tally is not None)
         self._measure(batch, events, jobs, report, time.perf_counter() - started)

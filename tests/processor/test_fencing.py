@@ -108,10 +108,10 @@ def test_a_deposed_leader_cannot_write_to_the_embedded_store(tmp_path: Path) -> 
     now = datetime.now(UTC)
     job = DispatchJob("j", "e", "s", "c", PENDING, "https://x.example", "p", now, 0, None, None, now)
     with pytest.raises(Fenced):
-        old.commit(ProcessedBatch([], [job], [], "5"))
+        old.commit(ProcessedBatch([job], [], "5"))
     assert publisher.job_count() == 0, "the refused batch wrote nothing"
     assert publisher.token() == "0"
-    new.commit(ProcessedBatch([], [job], [], "5"))
+    new.commit(ProcessedBatch([job], [], "5"))
     assert publisher.job_count() == 1 and publisher.token() == "5"
 
 
@@ -177,7 +177,7 @@ def test_a_leader_whose_store_holds_a_larger_epoch_raises_its_own_past_it_in_one
     assert int(client.get(epoch_key(key)) or 0) == 100_001, "the next acquisition goes on from there"
     store.fence(lock.epoch, lock.holder)
     with pytest.raises(Fenced):
-        old.commit(ProcessedBatch([], [], [], "5"))
+        old.commit(ProcessedBatch([], [], "5"))
     other = LeaderLock(client, key, "other", ttl=30.0, renew_interval=0.5)
     assert not other.advance(5), "only the holder raises the epoch"
 

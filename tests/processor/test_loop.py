@@ -171,7 +171,7 @@ def test_a_failing_write_is_retried_and_the_token_waits_for_it(db: Path, publish
 
 
 class LockedStore(SqliteStore):
-    """Another writer holds the database from the first commit of events on,
+    """Another writer holds the database from the first commit of jobs on,
     until the test releases it: no timer to race with the test's assertions."""
 
     def __init__(self, path: Path) -> None:
@@ -180,7 +180,7 @@ class LockedStore(SqliteStore):
         self.locked = threading.Event()
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        if batch.events and not self.locked.is_set():
+        if batch.jobs and not self.locked.is_set():
             self.locker.execute("BEGIN EXCLUSIVE")
             self.locked.set()
         return super().commit(batch)
@@ -215,7 +215,7 @@ class FaultyStore(SqliteStore):
         self.faults = faults
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
-        if batch.events and self.faults > 0:
+        if batch.jobs and self.faults > 0:
             self.faults -= 1
             raise TypeError("a defect in the store")
         return super().commit(batch)
@@ -515,7 +515,7 @@ def test_a_store_file_from_before_the_dead_letters_size_columns_gains_them_on_op
     old.close()
     store = SqliteStore(path)
     letter = DeadLetter.of("2", "e2", "new", ["{}"], datetime.now(UTC))
-    store.commit(ProcessedBatch([], [], [letter], None))
+    store.commit(ProcessedBatch([], [letter], None))
     store.close()
     rows = connect(path).execute("SELECT position, raw_bytes, raw_sha256 FROM dead_letters ORDER BY seq")
     assert [tuple(row) for row in rows] == [("1", None, None), ("2", 2, hashlib.sha256(b"{}").hexdigest())]

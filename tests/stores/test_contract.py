@@ -125,7 +125,7 @@ def job(event_id: str, subscription_id: str) -> DispatchJob:
 
 def counted(jobs: list[DispatchJob], token: ResumeToken | None) -> ProcessedBatch:
     """A batch of ``jobs`` alone, committed with its tally, as once caught up."""
-    return ProcessedBatch([], jobs, [], token, tally=Tally([], jobs, token))
+    return ProcessedBatch(jobs, [], token, tally=Tally([], jobs, token))
 
 
 # -- the processor, a batch at a time ------------------------------------------------------
@@ -459,7 +459,7 @@ def test_a_batch_committed_twice_with_its_tally_is_counted_once(
     ids = [publish(backend, SHIPPED if n < 2 else BILLED, time=NOW + timedelta(seconds=n)) for n in range(3)]
     events, token = fed(store, start, ids)
     due = [job for event in events for job in create_jobs(event, [subscription("sub")], NOW)]
-    batch = ProcessedBatch(events, due, [], token, tally=Tally(list(map(event_key, events)), due, token))
+    batch = ProcessedBatch(due, [], token, tally=Tally(list(map(event_key, events)), due, token))
     assert store.commit(batch) == CommitReport(jobs_created=3, duplicates=0)
     assert store.commit(batch) == CommitReport(jobs_created=0, duplicates=3)
     assert backend.projections() == Projections(
@@ -514,7 +514,7 @@ def test_a_newer_leader_fences_the_store_and_the_deposed_one_writes_nothing(back
     new.fence(6, "b 2")
     (event,), after = fed(new, token, [publish(backend)])
     due = create_jobs(event, [subscription("all")], NOW)
-    batch = ProcessedBatch([event], due, [], after, tally=Tally([event_key(event)], due, after))
+    batch = ProcessedBatch(due, [], after, tally=Tally([event_key(event)], due, after))
     with pytest.raises(Fenced):
         old.store.commit(batch)
     with pytest.raises(Fenced):

@@ -105,7 +105,6 @@ class SubscriptionChange:
 
 @dataclass(frozen=True, slots=True)
 class ProcessedBatch:
-    events: list[Event]  # the valid events of the batch
     jobs: list[DispatchJob]
     dead_letters: list[DeadLetter]
     resume_token: ResumeToken | None
