@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from processor.loop import Processor, Settings
 from processor.stores.base import Store
 from processor.stores.sqlite import connect
@@ -27,6 +29,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(0.01)
+
+
+def answers(url: str) -> bool:
+    """Whether a server answers at ``url`` (any status): an ops server starts
+    beside the processing, and may come up after the first events are processed."""
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def free_port() -> int:

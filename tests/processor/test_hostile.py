@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from processor.models import MAX_DEAD_LETTER_RAW
 from processor.stores.sqlite import FEED_COLUMNS
-from tests.processor.harness import Publisher, free_port, spawn_processor, wait_until
+from tests.processor.harness import Publisher, answers, free_port, spawn_processor, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
 HANG = "test:hang:forever:now"
@@ -76,6 +76,7 @@ def test_a_filter_that_fails_on_an_event_fails_that_pair_alone(tmp_path: Path) -
         deep = publisher.publish(SHIPPED, data=nested(150))  # deeper than the JSONPath descent goes
         shallow = publisher.publish(SHIPPED, data=nested(3))
         wait_until(publisher.caught_up, message=f"the events; log: {log}")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/live"), message=f"the ops server; log: {log}")
         failed = scrape(port, "fc_stream_filter_failures_total", kind="JSONPathRecursionError")
     assert publisher.jobs() == {(deep, "all"), (shallow, "all"), (shallow, "deep")}
     assert publisher.dead_letters() == {}, "the event itself is valid"
@@ -126,6 +127,7 @@ def test_a_hung_batch_fails_live_sigterm_ends_the_process_and_a_restart_loses_no
             response = httpx.get(f"{base}/live", timeout=5)
             return response.status_code == 503
 
+        wait_until(lambda: answers(f"{base}/live"), message=f"the ops server; log: {log}")
         wait_until(live_fails, timeout=30, message=f"/live to say the processing is stuck; log: {log}")
         assert f"at event {position}" in httpx.get(f"{base}/live", timeout=5).json()["reason"]
         health = httpx.get(f"{base}/health", timeout=5)

@@ -25,7 +25,7 @@ from processor.stores.base import (
     SubscriptionChange,
 )
 from processor.stores.sqlite import SqliteStore
-from tests.processor.harness import FAST, Clock, Publisher, free_port, spawn_processor, wait_until
+from tests.processor.harness import FAST, Clock, Publisher, answers, free_port, spawn_processor, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
 
@@ -38,14 +38,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-def answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-    except httpx.HTTPError:
-        return False
-    return True
 
 
 def test_metrics_of_a_running_processor_count_a_known_workload(tmp_path: Path) -> None:
