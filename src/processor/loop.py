@@ -33,7 +33,7 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.metrics import Metrics
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
-from processor.projections import Projector
+from processor.projections import EventKey, Projector, event_key
 from processor.retry import policy
 from processor.stores.base import (
     BATCH_BYTES,
@@ -164,7 +164,7 @@ class Processor:
         # Read after the batch: every subscription committed before its events is seen.
         self._pending.extend(self.retry("load subscriptions", self.store.subscription_changes))
         now = self._clock()
-        events: list[Event] = []
+        events: list[EventKey] = []  # the valid events, as the projections count them
         jobs: list[DispatchJob] = []
         dead_letters: list[DeadLetter] = []
         failures: list[FilterFailure] = []
@@ -188,7 +188,7 @@ class Processor:
                     self._dead_letter(entry, InvalidEvent(f"matching failed: {error!r}", "unmatchable"))
                 )
                 continue
-            events.append(event)
+            events.append(event_key(entry.order, event))
             jobs.extend(create_jobs(event, matched, now))
             if failed:
                 failures += (
@@ -205,8 +205,8 @@ class Processor:
             self.store.commit,
             ProcessedBatch(jobs, dead_letters, batch.resume_token, failures, tally),
         )
-        self.projector.committed(batch, events, jobs, counted=tally is not None)
-        self._measure(batch, events, jobs, report, time.perf_counter() - started)
+        self.projector.committed(batch, events, report, counted=tally is not None)
+        self._measure(batch, jobs, report, time.perf_counter() - started)
         return report
 
     def _dead_letter(self, entry: FeedEntry, error: InvalidEvent) -> DeadLetter:
@@ -248,7 +248,6 @@ class Processor:
     def _measure(
         self,
         batch: Batch,
-        events: list[Event],
         jobs: list[DispatchJob],
         report: CommitReport,
         seconds: float,

@@ -14,7 +14,7 @@ counted twice, whatever crashes or replays.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,17 +24,22 @@ from typing import TYPE_CHECKING
 from processor.models import DispatchJob, Event, InvalidEvent
 
 if TYPE_CHECKING:  # the store's contract speaks of tallies; a projector only calls it
-    from processor.stores.base import Batch, FeedEntry, ProjectionSink, ResumeToken
+    from processor.stores.base import Batch, CommitReport, FeedEntry, ProjectionSink, ResumeToken
 
-EventKey = tuple[str, str, str, datetime]
-"""What the projections need of an event: its id (what a store marks counted),
-type, client and time; what waits to be counted is kept as these, not as the
-events and their payloads."""
-event_key: Callable[[Event], EventKey] = attrgetter("id", "type", "client_id", "time")
+EventKey = tuple[int, str, str, str, datetime]
+"""What the projections need of an event: its position in the feed
+(``FeedEntry.order``) and its id (by which stores mark it counted), its type,
+client and time; what waits to be counted is kept as these, not as the events
+and their payloads."""
 
-_type = itemgetter(1)
-_client = itemgetter(2)
-_time = itemgetter(3)
+
+def event_key(order: int, event: Event) -> EventKey:
+    return order, event.id, event.type, event.client_id, event.time
+
+
+_type = itemgetter(2)
+_client = itemgetter(3)
+_time = itemgetter(4)
 _job_client = attrgetter("client_id")
 _subscription = attrgetter("subscription_id")
 _created = attrgetter("created_at")
@@ -88,24 +93,21 @@ class ProjectionDelta:
 class Tally:
     """Committed events and jobs, to be counted in one write.
 
-    ``jobs`` are the jobs the events' batches asked for; each store counts only
-    those its marks say it has not counted (a replayed event's jobs existed
-    already). ``through``: the position the events were committed up to."""
+    ``jobs``: those the commits that went before created, and those the batch
+    in hand asks for (its commit knows which it creates). Each store counts
+    what its marks say it has not counted: SQLite by position, MongoDB by id.
+    ``through``: the position the events were committed up to."""
 
     events: list[EventKey] = field(default_factory=list)
     jobs: list[DispatchJob] = field(default_factory=list)
     through: ResumeToken | None = None
 
-    def delta(self, jobs: Iterable[DispatchJob] | None = None) -> ProjectionDelta:
-        """What the tally adds, counting ``jobs`` (by default, all of its own)."""
-        return ProjectionDelta.of(self.events, self.jobs if jobs is None else jobs)
-
 
 @dataclass(frozen=True, slots=True)
 class Uncounted:
     """What a store holds committed and not counted, as a start finds it: the
-    events (as the feed reads them, payloads left out) and the jobs created
-    since the last count. ``through``: where the feed starts."""
+    events between its marks (as the feed reads them, payloads left out) and
+    the jobs created since the last count. ``through``: where the feed starts."""
 
     entries: Iterable[FeedEntry]
     jobs: list[DispatchJob]
@@ -132,10 +134,10 @@ class Projector:
         events = []
         for entry in uncounted.entries:
             with suppress(InvalidEvent):
-                events.append(event_key(entry.event()))
+                events.append(event_key(entry.order, entry.event()))
         self._sink.count(Tally(events, uncounted.jobs, uncounted.through))
 
-    def due(self, batch: Batch, events: list[Event], jobs: list[DispatchJob]) -> Tally | None:
+    def due(self, batch: Batch, events: list[EventKey], jobs: list[DispatchJob]) -> Tally | None:
         """What to count with the commit of ``batch``: None while it may wait.
         A batch without a position comes again, and is counted then."""
         if batch.resume_token is None:
@@ -143,15 +145,16 @@ class Projector:
         waiting = len(self._events) + len(events)
         if batch.more and waiting < self._sink.fold_events:
             return None
-        return Tally([*self._events, *map(event_key, events)], [*self._jobs, *jobs], batch.resume_token)
+        return Tally([*self._events, *events], [*self._jobs, *jobs], batch.resume_token)
 
-    def committed(self, batch: Batch, events: list[Event], jobs: list[DispatchJob], counted: bool) -> None:
-        """``batch`` is committed, and counted with it or not."""
+    def committed(self, batch: Batch, events: list[EventKey], report: CommitReport, counted: bool) -> None:
+        """``batch`` is committed, and counted with it or not; what waits keeps
+        the jobs the commit created, not those that existed already."""
         if counted:
             self._events, self._jobs = [], []
         elif batch.resume_token is not None:
-            self._events.extend(map(event_key, events))
-            self._jobs.extend(jobs)
+            self._events.extend(events)
+            self._jobs.extend(report.created)
             self._through = batch.resume_token
 
     def flush(self) -> None:

@@ -16,8 +16,10 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import FrameType
+from typing import Any
 
 import redis
+from pymongo import MongoClient
 
 from processor.config import Config, ConfigError, redact
 from processor.health import Health, Watchdog
@@ -26,8 +28,9 @@ from processor.loop import Processor, Settings, Stopped
 from processor.metrics import Metrics
 from processor.ops import OpsServer, ops_app
 from processor.shutdown import abandon
-from processor.stores import open_store
-from processor.stores.base import Fenced, StoreMisconfigured
+from processor.stores.base import Fenced, Store, StoreMisconfigured
+from processor.stores.mongo import MemoryTokenStore, MongoStore, RedisTokenStore, TokenStore, ensure_indexes
+from processor.stores.sqlite import SqliteStore
 
 log = logging.getLogger("processor")
 
@@ -156,3 +159,40 @@ def leader_lock(config: Config) -> LeaderLock:
         )
     except ValueError as error:
         raise ConfigError(f"FC_STANDBY_RENEW_INTERVAL_MS: {error}") from None
+
+
+def open_store(
+    config: Config, lock_epoch_key: str | None = None
+) -> tuple[Store, Callable[[], object] | None]:
+    """The store ``FC_MONGO_URL`` names (``sqlite:///PATH``: the embedded one), and
+    what must run before processing starts. ``lock_epoch_key``: the leader lock's
+    epoch counter, when it lives on the token mirror's Redis."""
+    if config.embedded_path is not None:
+        embedded = SqliteStore(
+            config.embedded_path,
+            resume_key=config.stream_resume_token_key,
+            max_event_bytes=config.stream_max_event_bytes,
+        )
+        return embedded, None
+    client: MongoClient[dict[str, Any]] = MongoClient(config.mongo_url, tz_aware=True, connect=False)
+    database = client[config.mongo_db]
+    tokens: TokenStore
+    if config.redis_url is None:
+        tokens = MemoryTokenStore()
+    else:
+        tokens = RedisTokenStore(
+            # A mirror that hangs must not hold back the commits it follows.
+            redis.Redis.from_url(config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0),
+            config.stream_resume_token_key,
+            instance=config.standby_instance_id,
+            # With the lock on the same Redis, a token write is refused as soon as a newer
+            # leader acquired the lock, not only once it saved a token of its own.
+            epoch_key=lock_epoch_key,
+        )
+    store = MongoStore(
+        database,
+        tokens,
+        max_event_bytes=config.stream_max_event_bytes,
+        checkpoint_key=config.stream_resume_token_key,
+    )
+    return store, lambda: ensure_indexes(database)

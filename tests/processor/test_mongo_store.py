@@ -571,7 +571,7 @@ def _batch(token: str | None) -> ProcessedBatch:
 
 def counted_batch(events: list[Event], jobs: list[DispatchJob], token: str | None) -> ProcessedBatch:
     """A batch as the loop commits it once the feed has caught up: with its tally."""
-    return ProcessedBatch(jobs, [], token, tally=Tally(list(map(event_key, events)), jobs, token))
+    return ProcessedBatch(jobs, [], token, tally=Tally([event_key(0, e) for e in events], jobs, token))
 
 
 def test_projections_and_their_marks_are_written_together_or_not_at_all(

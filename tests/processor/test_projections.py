@@ -9,8 +9,8 @@ import pytest
 
 from processor.jobs import create_jobs
 from processor.models import Event, Subscription, parse_event
-from processor.projections import ProjectionDelta, Projector, Tally, Uncounted
-from processor.stores.base import Batch, FeedEntry, StoreUnavailable
+from processor.projections import ProjectionDelta, Projector, Tally, Uncounted, event_key
+from processor.stores.base import Batch, CommitReport, FeedEntry, StoreUnavailable
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SUBSCRIPTION = Subscription.model_validate(
@@ -54,18 +54,19 @@ def entry(document: dict[str, Any]) -> FeedEntry:
 def step(projector: Projector, first: int, count: int, *, more: bool) -> Tally | None:
     """One batch of ``count`` events, committed: the tally that went with it."""
     events = [event(n) for n in range(first, first + count)]
+    keys = [event_key(n, e) for n, e in enumerate(events, first + 1)]
     jobs = [job for e in events for job in create_jobs(e, [SUBSCRIPTION], NOW)]
     batch = Batch([], str(first + count), more)
-    tally = projector.due(batch, events, jobs)
-    projector.committed(batch, events, jobs, counted=tally is not None)
+    tally = projector.due(batch, keys, jobs)
+    projector.committed(batch, keys, CommitReport(len(jobs), 0, jobs), counted=tally is not None)
     return tally
 
 
 def test_a_batch_that_caught_up_is_counted_with_its_commit() -> None:
     tally = step(Projector(Sink(fold_events=100)), 0, 3, more=False)
     assert tally is not None and tally.through == "3"
-    assert tally.delta() == ProjectionDelta.of(tally.events, tally.jobs)
-    assert tally.delta().event_types == {"a:b:c:d": 3} and tally.delta().subscription_jobs == {"all": 3}
+    delta = ProjectionDelta.of(tally.events, tally.jobs)
+    assert delta.event_types == {"a:b:c:d": 3} and delta.subscription_jobs == {"all": 3}
 
 
 def test_while_behind_events_wait_until_fold_events_of_them_are_due_together() -> None:
@@ -74,7 +75,7 @@ def test_while_behind_events_wait_until_fold_events_of_them_are_due_together() -
     assert step(projector, 2, 2, more=True) is None
     tally = step(projector, 4, 2, more=True)
     assert tally is not None, "six events wait: due"
-    assert [key[0] for key in tally.events] == [f"e{n}" for n in range(6)] and len(tally.jobs) == 6
+    assert [key[1] for key in tally.events] == [f"e{n}" for n in range(6)] and len(tally.jobs) == 6
     assert tally.through == "6"
     assert step(projector, 6, 1, more=True) is None, "what was counted waits no more"
 
@@ -87,10 +88,10 @@ def test_a_store_that_cannot_recount_counts_every_batch() -> None:
 def test_a_batch_without_a_position_is_neither_counted_nor_kept() -> None:
     sink = Sink(fold_events=0)
     projector = Projector(sink)
-    events = [event(0)]
+    keys = [event_key(1, event(0))]
     batch = Batch([], None)
-    assert projector.due(batch, events, []) is None
-    projector.committed(batch, events, [], counted=False)
+    assert projector.due(batch, keys, []) is None
+    projector.committed(batch, keys, CommitReport(0, 0), counted=False)
     projector.flush()
     assert sink.tallies == [], "it comes again, and is counted then"
 
@@ -116,4 +117,4 @@ def test_the_recount_at_start_validates_what_the_store_left_and_skips_the_invali
     sink = Sink(fold_events=100, uncounted=left)
     Projector(sink).recount()
     (tally,) = sink.tallies
-    assert [key[0] for key in tally.events] == ["e1"] and tally.through == "7"
+    assert [key[1] for key in tally.events] == ["e1"] and tally.through == "7"

@@ -21,12 +21,13 @@ import pytest
 
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor, Settings
-from processor.models import PENDING, DispatchJob, Event, Subscription
+from processor.models import PENDING, DispatchJob, Subscription
 from processor.projections import Tally, event_key
 from processor.stores.base import (
     BATCH_BYTES,
     Batch,
     CommitReport,
+    FeedEntry,
     Fenced,
     ProcessedBatch,
     ResumeToken,
@@ -66,23 +67,25 @@ def publish(
     return backend.publish({name: value for name, value in document.items() if value is not None})
 
 
-def fed(store: Store, after: ResumeToken | None, ids: list[str]) -> tuple[list[Event], ResumeToken | None]:
+def fed(
+    store: Store, after: ResumeToken | None, ids: list[str]
+) -> tuple[list[FeedEntry], ResumeToken | None]:
     """The events ``ids`` as the feed after ``after`` hands them out, and the
     position after them: a tally counts events of the feed, by their positions."""
     feed = store.open_feed(after)
-    events: list[Event] = []
+    events: list[FeedEntry] = []
     token = after
 
     def read() -> bool:
         nonlocal token
         batch = feed.next_batch(len(ids), MAX_WAIT)
-        events.extend(entry.event() for entry in batch.entries)
+        events.extend(batch.entries)
         token = batch.resume_token
         return len(events) >= len(ids)
 
     wait_until(read, timeout=DEADLINE, message="the events from the feed")
     feed.close()
-    assert [event.id for event in events] == ids
+    assert [entry.event_id for entry in events] == ids
     return events, token
 
 
@@ -457,9 +460,11 @@ def test_a_batch_committed_twice_with_its_tally_is_counted_once(
     store = backend.open()
     start = Run(store).token
     ids = [publish(backend, SHIPPED if n < 2 else BILLED, time=NOW + timedelta(seconds=n)) for n in range(3)]
-    events, token = fed(store, start, ids)
+    entries, token = fed(store, start, ids)
+    events = [entry.event() for entry in entries]
+    keys = [event_key(entry.order, event) for entry, event in zip(entries, events, strict=True)]
     due = [job for event in events for job in create_jobs(event, [subscription("sub")], NOW)]
-    batch = ProcessedBatch(due, [], token, tally=Tally(list(map(event_key, events)), due, token))
+    batch = ProcessedBatch(due, [], token, tally=Tally(keys, due, token))
     assert store.commit(batch) == CommitReport(jobs_created=3, duplicates=0)
     assert store.commit(batch) == CommitReport(jobs_created=0, duplicates=3)
     assert backend.projections() == Projections(
@@ -479,6 +484,26 @@ def test_a_client_with_jobs_and_no_events_has_no_latest_event_time(
     store.commit(counted([job("e1", "a")], token))  # its events counted before, say, and its jobs not
     store.commit(counted([job("e2", "a")], token))
     assert backend.projections().clients == {"acme": (0, 2, None)}
+
+
+@pytest.mark.parametrize("back", ["to the start", "between the uncounted batches"])
+def test_events_committed_uncounted_before_a_crash_are_counted_once_when_the_token_moves_back(
+    backend: Backend, back: str
+) -> None:
+    backend.put_subscription("all")
+    crashed = Run(backend.open(), batch_size=10)
+    start = crashed.token
+    events = [publish(backend) for _ in range(25)]
+    crashed.through(*events[:20])  # full batches, more behind: a store may let their counts wait
+    middle = crashed.batches[-2].resume_token
+    crashed.close()  # a crash: committed, perhaps not counted
+    replay = Run(backend.open(), batch_size=10, from_token=start if back == "to the start" else middle)
+    replay.until(lambda: {event for event, _ in jobs(backend)} == set(events), "every event's jobs")
+    replay.until(lambda: not replay.batches[-1].entries, "a read that finds nothing")
+    projections = backend.projections()
+    assert projections.event_types == {SHIPPED: 25}
+    assert projections.subscriptions["all"][0] == 25
+    assert projections.clients["acme"][:2] == (25, 25)
 
 
 def test_events_replayed_from_an_earlier_token_are_counted_once(
@@ -512,13 +537,15 @@ def test_a_newer_leader_fences_the_store_and_the_deposed_one_writes_nothing(back
         new.fence(5, "b 2")
     assert refused.value.epoch == 5, "the same epoch from another holder is refused"
     new.fence(6, "b 2")
-    (event,), after = fed(new, token, [publish(backend)])
+    (entry,), after = fed(new, token, [publish(backend)])
+    event = entry.event()
+    key = event_key(entry.order, event)
     due = create_jobs(event, [subscription("all")], NOW)
-    batch = ProcessedBatch(due, [], after, tally=Tally([event_key(event)], due, after))
+    batch = ProcessedBatch(due, [], after, tally=Tally([key], due, after))
     with pytest.raises(Fenced):
         old.store.commit(batch)
     with pytest.raises(Fenced):
-        old.store.count(Tally([event_key(event)], due, after))
+        old.store.count(Tally([key], due, after))
     published = publish(backend)
     with pytest.raises(Fenced):
         old.through(published)  # the loop meets it at its next commit

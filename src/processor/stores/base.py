@@ -22,7 +22,7 @@ definition of a correct store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -116,6 +116,7 @@ class ProcessedBatch:
 class CommitReport:
     jobs_created: int
     duplicates: int  # jobs that already existed: replayed events
+    created: Sequence[DispatchJob] = field(default=(), compare=False)  # the jobs this commit wrote
 
 
 class ChangeFeed(Protocol):
@@ -183,8 +184,8 @@ class ProjectionSink(Protocol):
         behind: 0 for a store that could not find them again after a crash."""
 
     def uncounted(self) -> Uncounted:
-        """After ``open_feed``: what was committed before the feed's start and
-        not counted (a crash came between), and where the feed starts."""
+        """After ``open_feed``: what the last run committed and did not count (a
+        crash came between), and where the feed starts."""
 
     def count(self, tally: Tally) -> None:
         """Apply ``tally`` outside a batch, with its marks, in one write; refused

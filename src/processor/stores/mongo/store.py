@@ -164,7 +164,7 @@ class MongoStore:
         if batch.resume_token is not None:
             self._mirror(batch.resume_token)
         self._inserted_before_failure.clear()
-        return CommitReport(jobs_created=created, duplicates=len(batch.jobs) - created)
+        return CommitReport(len(created), len(batch.jobs) - len(created), created)
 
     def _mirror(self, token: str) -> None:
         """The token store's copy: the durable checkpoint is written already, so
@@ -174,16 +174,14 @@ class MongoStore:
         except StoreUnavailable as error:
             log.warning("the resume token's mirror was not saved (%s); the store's checkpoint was", error)
 
-    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> int:
-        """Insert every job; one that exists already is done. Returns how many were new,
-        counting those a failed attempt at this same batch inserted."""
+    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> list[DispatchJob]:
+        """Insert every job; one that exists already is done. Returns those that were
+        new, counting those a failed attempt at this same batch inserted."""
         if not jobs:
-            return 0
+            return []
         try:
-            inserted = len(
-                self._jobs.insert_many([job_document(j) for j in jobs], ordered=False).inserted_ids
-            )
-            return inserted + len(self._inserted_before_failure)
+            self._jobs.insert_many([job_document(j) for j in jobs], ordered=False)
+            return list(jobs)
         except BulkWriteError as error:
             errors = error.details.get("writeErrors", [])
             failed = {e.get("index") for e in errors}
@@ -192,8 +190,8 @@ class MongoStore:
             if others:  # retried as a whole: what this attempt inserted will be a duplicate then
                 self._inserted_before_failure |= fresh
                 raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
-            earlier = {jobs[n].id for n in failed} & self._inserted_before_failure
-            return len(fresh) + len(earlier)
+            created = fresh | ({jobs[n].id for n in failed} & self._inserted_before_failure)
+            return list({job.id: job for job in jobs if job.id in created}.values())  # equal jobs: one
 
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -248,7 +246,7 @@ class MongoStore:
         marks = self.database[PROJECTION_MARKS]
         events = [] if tally is None else tally.events
         jobs = [] if tally is None else tally.jobs
-        keys = [f"event:{e[0]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[0]: the event's id
+        keys = [f"event:{e[1]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[1]: the event's id
         if not keys and (token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS):
             # An empty batch's position loses nothing by waiting; and saving it
             # writes to the oplog, which moves the idle stream's token again.
@@ -263,7 +261,7 @@ class MongoStore:
             # one id): a mark inserted twice would abort the transaction at every retry.
             counted = seen.copy()
             delta = ProjectionDelta.of(
-                (e for e in events if _first(f"event:{e[0]}", counted)),
+                (e for e in events if _first(f"event:{e[1]}", counted)),
                 (j for j in jobs if _first(f"job:{j.id}", counted)),
             )
             now = datetime.now(UTC)

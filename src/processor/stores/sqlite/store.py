@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TypeVar
 
 from processor.models import DeadLetter, DispatchJob, FilterFailure
-from processor.projections import EventKey, ProjectionDelta, Tally, Uncounted
+from processor.projections import ProjectionDelta, Tally, Uncounted
 from processor.stores.base import (
     MAX_EVENT_BYTES,
     CommitReport,
@@ -184,24 +182,31 @@ class SqliteStore:
             self._insert_dead_letters(batch.dead_letters)
             self._insert_filter_failures(batch.filter_failures)
             if token is not None:  # a batch without one comes again
-                self._mark("committed_seq = ?2", int(token))
+                self._connection.execute(
+                    "UPDATE projection_marks SET committed_seq = ? WHERE key = ?",
+                    (int(token), self._resume_key),
+                )
                 if batch.tally is not None:
-                    self._count(batch.tally)
+                    new = {job.id for job in new_jobs}
+                    self._count(batch.tally, existing={j.id for j in batch.jobs if j.id not in new})
                 self._save_token(token)
-        return CommitReport(jobs_created=len(new_jobs), duplicates=len(batch.jobs) - len(new_jobs))
+        return CommitReport(len(new_jobs), len(batch.jobs) - len(new_jobs), new_jobs)
 
     def uncounted(self) -> Uncounted:
         """The events between the marks that were not dead-lettered, read in pages
         without their payloads, and the jobs stored since the last count."""
         start = str(self._feed_start)
-        marks = self._connection.execute(
-            "SELECT committed_seq, counted_seq, jobs_seq FROM projection_marks WHERE key = ?",
-            (self._resume_key,),
-        ).fetchone()
-        if marks is None:  # a first start, or a store from before the marks: nothing is known uncounted
-            return Uncounted((), [], start)
-        committed, counted, jobs_seq = marks
-        jobs = list(map(job_from_row, select_rows(self._connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
+        try:
+            marks = self._connection.execute(
+                "SELECT committed_seq, counted_seq, jobs_seq FROM projection_marks WHERE key = ?",
+                (self._resume_key,),
+            ).fetchone()
+            if marks is None:  # a first start, or a store from before the marks: nothing is known uncounted
+                return Uncounted((), [], start)
+            committed, counted, jobs_seq = marks
+            jobs = list(map(job_from_row, select_rows(self._connection, READ_UNCOUNTED_JOBS, (jobs_seq,))))
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"sqlite: {error}") from error
         return Uncounted(self._entries_between(counted, committed), jobs, start)
 
     def _entries_between(self, after: int, through: int) -> Iterator[FeedEntry]:
@@ -214,41 +219,34 @@ class SqliteStore:
             self._count(tally)
             self._claim_token()  # refused, and the count with it, once a newer leader saved one
 
-    def _count(self, tally: Tally) -> None:
+    def _count(self, tally: Tally, existing: set[str] | frozenset[str] = frozenset()) -> None:
         """Within a transaction: apply the tally and mark it counted. Of its events,
-        those after the counted mark are counted (a replay from an earlier token
-        brings back events counted already); of its jobs, those stored since the
-        last count (a replayed event's jobs were stored before)."""
+        those after the counted mark (a replay from an earlier token brings back
+        events counted already); of its jobs, all but those the batch in hand
+        found ``existing`` (what waited was created by its commits), each once.
+
+        The mark then covers every event committed and every event before
+        ``through``: what lay between the marks is counted now (the recount at
+        start), and what an operator skipped by moving the token forward is
+        never counted, even if a later move back has it processed (one mark
+        cannot hold a gap)."""
         if tally.through is None:
             raise ValueError("a tally to count says where its events end")
         connection, through = self._connection, int(tally.through)
         marks = connection.execute(
-            "SELECT counted_seq, committed_seq, jobs_seq FROM projection_marks WHERE key = ?",
-            (self._resume_key,),
+            "SELECT counted_seq FROM projection_marks WHERE key = ?", (self._resume_key,)
         ).fetchone()
-        counted, committed, jobs_seq = marks if marks is not None else (0, 0, 0)
-        events = _stored_once(
-            tally.events,
-            _event_id,
-            connection.execute(
-                "SELECT id FROM events WHERE seq > ? AND seq <= ?", (counted, max(through, committed))
-            ),
-        )
-        jobs = _stored_once(
-            tally.jobs, _job_id, connection.execute("SELECT id FROM dispatch_jobs WHERE seq > ?", (jobs_seq,))
-        )
+        counted = 0 if marks is None else marks[0]
+        events = [key for key in tally.events if key[0] > counted]  # key[0]: the event's seq
+        jobs = list({job.id: job for job in tally.jobs if job.id not in existing}.values())
         self._apply(ProjectionDelta.of(events, jobs))
         connection.execute(
             "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
             f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
             "committed_seq = excluded.committed_seq, "
-            "counted_seq = max(counted_seq, excluded.counted_seq), jobs_seq = excluded.jobs_seq",
+            "counted_seq = max(counted_seq, committed_seq, excluded.counted_seq), "
+            "jobs_seq = excluded.jobs_seq",
             (self._resume_key, through),
-        )
-
-    def _mark(self, assignments: str, seq: int) -> None:
-        self._connection.execute(
-            f"UPDATE projection_marks SET {assignments} WHERE key = ?1", (self._resume_key, seq)
         )
 
     def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
@@ -341,22 +339,3 @@ READ_UNCOUNTED = (
 )
 READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
 LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"
-
-
-T = TypeVar("T")
-_event_id: Callable[[EventKey], str] = itemgetter(0)
-_job_id: Callable[[DispatchJob], str] = attrgetter("id")
-
-
-def _stored_once(items: list[T], key: Callable[[T], str], rows: Iterable[tuple[str]]) -> list[T]:
-    """The ``items`` whose key is among ``rows`` (the ids stored since the last
-    count), each key once: what a tally adds that was not counted before."""
-    if not items:
-        return items
-    stored = {row[0] for row in rows}
-    taken = []
-    for item in items:
-        if key(item) in stored:
-            stored.discard(key(item))
-            taken.append(item)
-    return taken
