@@ -60,6 +60,9 @@ class FakeMongo:
         self.data: dict[str, Data] = {}
         self.oplog: list[Change] = []
         self.dropped_through = -1  # the newest position that left the oplog
+        # The majority commit point, when it lags the last applied entry: streams
+        # stop before it moves on (None: every entry is majority-committed).
+        self.majority_through: int | None = None
         self.calls: Counter[str] = Counter()
         self.streams: list[FakeChangeStream] = []
         self._last = (0, 0)

@@ -112,34 +112,39 @@ class FakeChangeStream:
         server = self._server
         server.enter("try_next", self.collection)
         with server.lock:
-            if self._closed:
-                return None
-            if self._error is not None or self._position < server.dropped_through:
-                self._closed = True
-                raise self._error or history_lost()
-            change = self._next_change()
-            if change is None:
+            change = self.poll()
+            if change is None and not self._closed:
                 server.lock.wait(self._max_await)
-                change = self._next_change()
+                change = self.poll()
             return change
 
-    def _next_change(self) -> Document | None:
-        """Under the lock: the next change of this stream that passes its pipeline."""
-        for entry in self._server.oplog:
+    def poll(self) -> Document | None:
+        """Under the server's lock: the next change of this stream that passes its
+        pipeline, if one is committed, without waiting; raises the stream's error."""
+        server = self._server
+        if self._closed:
+            return None
+        if self._error is not None or self._position < server.dropped_through:
+            self._closed = True
+            raise self._error or history_lost()
+        for entry in server.oplog:
             if entry.position <= self._position:
                 continue
+            if server.majority_through is not None and entry.position > server.majority_through:
+                return None  # applied, not yet majority-committed: a stream does not see it
             self._position = entry.position
             if entry.collection != self.collection:
                 continue
-            if entry.operation == "invalidate":
-                self._closed = True
             change = self._describe(entry)
+            if entry.operation == "invalidate":
+                # The server closes the cursor on it, and hands it out whatever
+                # the pipeline: a reader must be able to tell the stream ended.
+                self._closed = True
+                return change
             if all(matches(change, query) for query in self._match):
                 for projection in self._project:
                     change = project(change, projection)
                 return change
-            if self._closed:
-                return None
         return None
 
     def _describe(self, entry: Change) -> Document:

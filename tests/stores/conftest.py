@@ -20,6 +20,7 @@ from tests.stores.backends import (
     SqliteBackend,
     unconfirmed,
 )
+from tests.wire_mongo import WireMongo
 
 REPLICA_SET_URL = os.environ.get("FC_TEST_MONGO_URL")
 NO_REPLICA_SET = "FC_TEST_MONGO_URL is not set: no MongoDB replica set to test against"
@@ -29,14 +30,16 @@ NO_REPLICA_SET = "FC_TEST_MONGO_URL is not set: no MongoDB replica set to test a
     params=[
         "sqlite",
         "mongo-double",
+        "mongo-wire",
         pytest.param(
             "mongo-replica-set", marks=pytest.mark.skipif(not REPLICA_SET_URL, reason=NO_REPLICA_SET)
         ),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The embedded store on a new file; the MongoDB store on a new test double;
-    the MongoDB store on a real replica set (``FC_TEST_MONGO_URL``), in a
+    """The embedded store on a new file; the MongoDB store on a new test double,
+    and through pymongo's real client on a new wire server; the MongoDB store
+    on a real replica set (``FC_TEST_MONGO_URL``), in a
     database of its own, dropped afterwards."""
     driver: Backend
     if request.param == "sqlite":
@@ -47,6 +50,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         driver = MongoBackend("mongo-double", FakeMongo().db, MONGO_DEFECTS)
         yield driver
         driver.close()
+    elif request.param == "mongo-wire":
+        with WireMongo() as wire, wire.client() as wired:
+            driver = MongoBackend("mongo-wire", wired[wire.engine.name], MONGO_DEFECTS)
+            yield driver
+            driver.close()
+        wire.check()
     else:
         assert REPLICA_SET_URL is not None
         client: MongoClient[Document] = MongoClient(
