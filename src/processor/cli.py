@@ -19,6 +19,9 @@ environment:
   FC_STREAM_BATCH_BYTES       most bytes of events per batch, but always one event (default 8 MiB)
   FC_STREAM_MAX_EVENT_BYTES   larger events are dead-lettered unread (default 16 MiB, MongoDB's limit)
   FC_STREAM_RESUME_TOKEN_KEY  Redis key of the resume token (default stream-processor)
+  FC_MONGO_CATCH_UP_SKEW_SECONDS
+                              after lost history, how far producers' ObjectId clocks may be off
+                              (default 120): the catch-up reads this much either side
   FC_REDIS_URL                Redis URL for the resume token's mirror; unset: in memory (the store's
                               own checkpoint is the position)
   FC_LOG_LEVEL                trace, debug, info, warn, error (default: RUST_LOG's level, else info)

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processor.stores.base import BATCH_BYTES, MAX_EVENT_BYTES
+from processor.stores.mongo import CATCH_UP_SKEW
 
 SHUTDOWN_GRACE_SECONDS = 20.0  # after a stop request, how long the batch in hand may take
 
@@ -52,6 +53,7 @@ class Config(BaseSettings):
     stream_batch_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = BATCH_BYTES
     stream_max_event_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = MAX_EVENT_BYTES
     stream_resume_token_key: Annotated[str, Field(min_length=1)] = "stream-processor"
+    mongo_catch_up_skew_seconds: Annotated[float, Field(ge=0, le=86_400)] = CATCH_UP_SKEW.total_seconds()
     redis_url: str | None = None
     log_level: str | None = None  # FC_LOG_LEVEL; RUST_LOG is read when it is unset
 

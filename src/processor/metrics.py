@@ -73,6 +73,16 @@ class Metrics:
             "fc_stream_subscriptions_invalid", "Stored subscriptions skipped as invalid", registry=r
         )
 
+        self.driver_resumes = Counter(
+            "fc_stream_driver_resumes",
+            "MongoDB only: change stream reads that failed and that the driver resumed by itself",
+            registry=r,
+        )
+        self.primary_changes = Counter(
+            "fc_stream_primary_changes",
+            "MongoDB only: times the primary the driver follows changed (a failover, a new election)",
+            registry=r,
+        )
         self.lost_history = Counter(
             "fc_stream_lost_history_recoveries",
             "Resume tokens found gone from the oplog; each is logged with the window caught up",

@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -29,7 +30,14 @@ from processor.metrics import Metrics
 from processor.ops import OpsServer, ops_app
 from processor.shutdown import abandon
 from processor.stores.base import Fenced, Store, StoreMisconfigured
-from processor.stores.mongo import MemoryTokenStore, MongoStore, RedisTokenStore, TokenStore, ensure_indexes
+from processor.stores.mongo import (
+    DriverEvents,
+    MemoryTokenStore,
+    MongoStore,
+    RedisTokenStore,
+    TokenStore,
+    prepare,
+)
 from processor.stores.sqlite import SqliteStore
 
 log = logging.getLogger("processor")
@@ -42,9 +50,12 @@ class Runner:
         self.config = config
         self.lock = leader_lock(config) if config.standby_enabled else None
         shared = config.standby_enabled and lock_url(config) == config.redis_url
-        self.store, self.prepare = open_store(config, epoch_key(config.standby_lock_key) if shared else None)
+        metrics = Metrics()
+        self.store, self.prepare = open_store(
+            config, metrics, epoch_key(config.standby_lock_key) if shared else None
+        )
         settings = Settings(batch_size=config.stream_batch_size, batch_bytes=config.stream_batch_bytes)
-        self.processor = Processor(self.store, settings, Metrics(), Health(config.thresholds()))
+        self.processor = Processor(self.store, settings, metrics, Health(config.thresholds()))
 
     def run(self) -> int:
         """Process until SIGTERM or SIGINT; the process's exit code."""
@@ -162,7 +173,7 @@ def leader_lock(config: Config) -> LeaderLock:
 
 
 def open_store(
-    config: Config, lock_epoch_key: str | None = None
+    config: Config, metrics: Metrics, lock_epoch_key: str | None = None
 ) -> tuple[Store, Callable[[], object] | None]:
     """The store ``FC_MONGO_URL`` names (``sqlite:///PATH``: the embedded one), and
     what must run before processing starts. ``lock_epoch_key``: the leader lock's
@@ -174,7 +185,10 @@ def open_store(
             max_event_bytes=config.stream_max_event_bytes,
         )
         return embedded, None
-    client: MongoClient[dict[str, Any]] = MongoClient(config.mongo_url, tz_aware=True, connect=False)
+    driver = DriverEvents(resumed=metrics.driver_resumes.inc, elected=metrics.primary_changes.inc)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        config.mongo_url, tz_aware=True, connect=False, event_listeners=[driver]
+    )
     database = client[config.mongo_db]
     tokens: TokenStore
     if config.redis_url is None:
@@ -194,5 +208,8 @@ def open_store(
         tokens,
         max_event_bytes=config.stream_max_event_bytes,
         checkpoint_key=config.stream_resume_token_key,
+        catch_up_skew=timedelta(seconds=config.mongo_catch_up_skew_seconds),
     )
-    return store, lambda: ensure_indexes(database)
+    # Before the first batch: refuse a deployment the processor cannot serve, and
+    # create the collections and indexes that are missing.
+    return store, lambda: prepare(database)

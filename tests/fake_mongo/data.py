@@ -17,6 +17,8 @@ class Data:
 
     documents: dict[Any, Document] = field(default_factory=dict)
     indexes: dict[str, Index] = field(default_factory=lambda: {"_id_": Index("_id_", (("_id", 1),))})
+    # changeStreamPreAndPostImages: each write keeps the document before and after it, for change streams.
+    pre_and_post_images: bool = False
 
     def conflict(
         self, document: Mapping[str, Any], collection: str, ignore: Any = MISSING

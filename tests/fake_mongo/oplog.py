@@ -19,7 +19,20 @@ def position_of(cluster_time: Timestamp) -> int:
 
 
 def token_of(position: int) -> Document:
-    return {"_data": f"{position:016x}"}
+    """A resume token as MongoDB writes one: its key string begins with the
+    timestamp type byte (0x82) and the cluster time, big-endian."""
+    return {"_data": f"82{position:016X}0104"}
+
+
+def position_of_token(token: Any) -> int | None:
+    """The oplog position a token stands at; None for one this server never made."""
+    data = token.get("_data") if isinstance(token, dict) else None
+    if not isinstance(data, str) or not data.startswith("82"):
+        return None
+    try:
+        return int(data[2:18], 16)
+    except ValueError:
+        return None
 
 
 def history_lost() -> OperationFailure:
@@ -43,5 +56,8 @@ class Change:
     collection: str | None  # None: a no-op, which moves the oplog but belongs to no collection
     operation: str
     key: Any = None
-    document: Document | None = None  # insert and replace: the document as written
+    # Insert and replace: the document as written; an update: the document as it
+    # left it, where the collection keeps post-images.
+    document: Document | None = None
     update: Document | None = None  # update: its updateDescription
+    before: Document | None = None  # update, replace, delete: the pre-image, where the collection keeps them

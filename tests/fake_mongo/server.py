@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from bson import ObjectId
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -19,7 +21,7 @@ from pymongo.results import BulkWriteResult, DeleteResult, InsertManyResult, Ins
 
 from tests.fake_mongo.data import Data
 from tests.fake_mongo.indexes import DUPLICATE_KEY, Index, hashable
-from tests.fake_mongo.oplog import Change, history_lost, position_of, token_of
+from tests.fake_mongo.oplog import Change, history_lost, position_of, position_of_token, token_of
 from tests.fake_mongo.query import MISSING, Document, matches
 from tests.fake_mongo.sessions import FakeSession, staged_writes
 from tests.fake_mongo.streams import FakeChangeStream, FakeCursor
@@ -217,15 +219,42 @@ class FakeDatabase:
     def __getitem__(self, name: str) -> FakeCollection:
         return FakeCollection(self._server, self, name)
 
-    def get_collection(self, name: str, **options: Any) -> FakeCollection:
-        return self[name]
+    def get_collection(
+        self, name: str, codec_options: CodecOptions[Any] | None = None, **options: Any
+    ) -> FakeCollection:
+        raw = codec_options is not None and codec_options.document_class is RawBSONDocument
+        return FakeCollection(self._server, self, name, raw=raw)
+
+    def command(self, command: Mapping[str, Any], **options: Any) -> Document:
+        """``collMod`` and ``create`` with ``changeStreamPreAndPostImages``, as MongoDB 6.0
+        answers them (the store turns images on for its subscriptions' stream)."""
+        name, collection = next(iter(command.items()))
+        self._server.enter(name, collection)
+        if set(command) - {name, "changeStreamPreAndPostImages"} or name not in ("collMod", "create"):
+            raise NotImplementedError(f"command {dict(command)}")
+        with self._server.lock:
+            exists = collection in self._server.data
+            if name == "collMod" and not exists:
+                raise _command_error(26, "NamespaceNotFound", "ns does not exist")
+            if name == "create" and exists:
+                raise _command_error(
+                    48, "NamespaceExists", f"Collection {self.name}.{collection} already exists."
+                )
+            images = command.get("changeStreamPreAndPostImages")
+            if images is not None:
+                self._server.collection_data(collection).pre_and_post_images = bool(images["enabled"])
+        return {"ok": 1.0}
 
 
 class FakeCollection:
-    def __init__(self, server: FakeMongo, database: FakeDatabase, name: str) -> None:
+    """``raw``: documents are read as ``RawBSONDocument``, as pymongo reads them
+    for a collection whose codec says so."""
+
+    def __init__(self, server: FakeMongo, database: FakeDatabase, name: str, *, raw: bool = False) -> None:
         self._server = server
         self.database = database
         self.name = name
+        self._raw = raw
 
     @property
     def _data(self) -> Data:
@@ -243,7 +272,7 @@ class FakeCollection:
         session: Any = None,
     ) -> FakeCursor:
         self._server.enter("find", self.name)
-        return FakeCursor(self._server, self.name, dict(filter or {}), projection, sort)
+        return FakeCursor(self._server, self.name, dict(filter or {}), projection, sort, raw=self._raw)
 
     def find_one(self, filter: Mapping[str, Any] | None = None, **options: Any) -> Document | None:
         return next(iter(self.find(filter, **options)), None)
@@ -317,7 +346,8 @@ class FakeCollection:
             for key, document in self._data.documents.items():
                 if matches(document, filter):
                     del self._data.documents[key]
-                    self._server.append(self.name, "delete", key=document["_id"])
+                    before = document if self._data.pre_and_post_images else None
+                    self._server.append(self.name, "delete", key=document["_id"], before=before)
                     return DeleteResult({"n": 1}, True)
         return DeleteResult({"n": 0}, True)
 
@@ -412,7 +442,9 @@ class FakeCollection:
         pipeline: Sequence[Mapping[str, Any]] | None = None,
         *,
         full_document: str | None = None,
+        full_document_before_change: str | None = None,
         resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
         max_await_time_ms: int | None = None,
         batch_size: int | None = None,
         start_at_operation_time: Timestamp | None = None,
@@ -422,11 +454,12 @@ class FakeCollection:
         server = self._server
         with server.lock:
             lost = False
+            resume_after = resume_after or start_after
             if resume_after is not None:
-                try:
-                    start = int(str(resume_after["_data"]), 16)
-                except (KeyError, ValueError):
-                    raise _command_error(260, "InvalidResumeToken", "invalid resume token") from None
+                position = position_of_token(resume_after)
+                if position is None:
+                    raise _command_error(260, "InvalidResumeToken", "invalid resume token")
+                start = position
                 lost = start < server.dropped_through
             elif start_at_operation_time is not None:
                 start = position_of(start_at_operation_time) - 1
@@ -440,9 +473,11 @@ class FakeCollection:
                 self.name,
                 list(pipeline or []),
                 full_document=full_document,
+                full_document_before_change=full_document_before_change,
                 position=start,
                 max_await=(max_await_time_ms or 1000) / 1000,
                 error=history_lost() if lost else None,
+                raw=self._raw,
             )
             server.streams.append(stream)
             return stream
@@ -471,15 +506,28 @@ class FakeCollection:
                 raise DuplicateKeyError(conflict["errmsg"], DUPLICATE_KEY, conflict)
             if changed != document:
                 data.documents[key] = changed
+                images = data.pre_and_post_images
+                before = copy.deepcopy(document) if images else None
                 if replace:
                     self._server.append(
-                        self.name, "replace", key=changed["_id"], document=copy.deepcopy(changed)
+                        self.name,
+                        "replace",
+                        key=changed["_id"],
+                        document=copy.deepcopy(changed),
+                        before=before,
                     )
                 else:
                     updated = {k: v for k, v in changed.items() if document.get(k, MISSING) != v}
                     removed = [k for k in document if k not in changed]
                     description = {"updatedFields": updated, "removedFields": removed}
-                    self._server.append(self.name, "update", key=changed["_id"], update=description)
+                    self._server.append(
+                        self.name,
+                        "update",
+                        key=changed["_id"],
+                        update=description,
+                        document=copy.deepcopy(changed) if images else None,
+                        before=before,
+                    )
             return 1, None
         if not upsert:
             return 0, None

@@ -23,6 +23,9 @@ class FakeSession:
     def __exit__(self, *exc: object) -> None:
         self.staged = None
 
+    def end_session(self) -> None:
+        self.staged = None
+
     def with_transaction(self, callback: Callable[[FakeSession], Any], **options: Any) -> Any:
         self.staged = []
         try:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
 from tests.fake_mongo.indexes import hashable
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from tests.fake_mongo.server import FakeMongo
 
 
+NO_MATCHING_DOCUMENT = 47
+IMAGE_MODES = ("whenAvailable", "required")  # fullDocument and fullDocumentBeforeChange from the kept images
 MAX_AWAIT_CAP = 0.1  # seconds an idle try_next waits at most, whatever it is asked
 
 
@@ -31,8 +36,11 @@ class FakeCursor:
         query: Document,
         projection: Mapping[str, Any] | None,
         sort: Sequence[tuple[str, int]] | None,
+        *,
+        raw: bool = False,
     ) -> None:
         self._server = server
+        self._raw = raw
         self._collection = collection
         self._query = query
         self._projection = projection
@@ -62,7 +70,7 @@ class FakeCursor:
                 found.sort(key=lambda d, n=name: sort_key(d.get(n)), reverse=direction < 0)  # type: ignore[misc]
             self._results = iter([project(d, self._projection) for d in found])
         try:
-            return next(self._results)
+            return read_as(next(self._results), raw=self._raw)
         except StopIteration:
             self.alive = False
             raise
@@ -83,15 +91,19 @@ class FakeChangeStream:
         pipeline: list[Mapping[str, Any]],
         *,
         full_document: str | None,
+        full_document_before_change: str | None = None,
         position: int,
         max_await: float,
         error: OperationFailure | None,
+        raw: bool = False,
     ) -> None:
+        self._raw = raw
         self._server = server
         self.collection = collection
         self._match = [stage["$match"] for stage in pipeline if "$match" in stage]
         self._project = [stage["$project"] for stage in pipeline if "$project" in stage]
         self._full_document = full_document
+        self._full_document_before_change = full_document_before_change
         self._position = position
         self._max_await = min(max_await, MAX_AWAIT_CAP)
         self._error = error
@@ -116,7 +128,7 @@ class FakeChangeStream:
             if change is None and not self._closed:
                 server.lock.wait(self._max_await)
                 change = self.poll()
-            return change
+            return None if change is None else read_as(change, raw=self._raw)
 
     def poll(self) -> Document | None:
         """Under the server's lock: the next change of this stream that passes its
@@ -159,9 +171,52 @@ class FakeChangeStream:
             change["documentKey"] = {"_id": entry.key}
         if entry.operation in ("insert", "replace"):
             change["fullDocument"] = copy.deepcopy(entry.document)
-        elif entry.operation == "update":
+        # The pre-image first: MongoDB adds it before the post-image, which it makes from it.
+        if (
+            entry.operation in ("update", "replace", "delete")
+            and self._full_document_before_change in IMAGE_MODES
+        ):
+            change["fullDocumentBeforeChange"] = self._image(
+                entry.before, self._full_document_before_change, "pre", change
+            )
+        if entry.operation == "update":
             change["updateDescription"] = copy.deepcopy(entry.update)
             if self._full_document == "updateLookup":
                 current = self._server.collection_data(self.collection).documents.get(hashable(entry.key))
                 change["fullDocument"] = copy.deepcopy(current)
+            elif self._full_document in IMAGE_MODES:
+                change["fullDocument"] = self._image(entry.document, self._full_document, "post", change)
         return change
+
+    def _image(self, image: Document | None, mode: str, kind: str, change: Document) -> Document | None:
+        """A pre- or post-image the write kept; where it kept none, null ("whenAvailable")
+        or, "required", the error MongoDB 6.0 ends the stream with."""
+        if image is not None:
+            return copy.deepcopy(image)
+        if mode == "whenAvailable":
+            return None
+        self._closed = True
+        events = "update events" if kind == "post" else "update, delete and replace events"
+        message = (
+            f"Change stream was configured to require a {kind}-image for all {events}, "
+            f"but the {kind}-image was not found for event: {change['_id']}"
+        )
+        raise OperationFailure(
+            message,
+            code=NO_MATCHING_DOCUMENT,
+            details={
+                "ok": 0.0,
+                "errmsg": message,
+                "code": NO_MATCHING_DOCUMENT,
+                "codeName": "NoMatchingDocument",
+            },
+        )
+
+
+RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
+
+
+def read_as(document: Document, *, raw: bool) -> Document:
+    """A document as the reader's codec has it: as stored, or as its BSON bytes
+    (which read as a mapping too)."""
+    return cast(Document, RawBSONDocument(bson.encode(document), RAW)) if raw else document

@@ -112,3 +112,22 @@ def test_other_server_errors_are_left_to_the_retry(fake: FakeMongo) -> None:
         ensure_indexes(fake.db)
     assert isinstance(failed.value.__cause__, OperationFailure) and failed.value.__cause__.code == 13
     assert ensure_indexes(fake.db) == [spec.name for spec in INDEXES], "the next run does the work"
+
+
+def test_an_index_the_server_cannot_create_is_refused_with_its_reason_not_retried(fake: FakeMongo) -> None:
+    refusal = OperationFailure(
+        "add index fails, too many indexes for flowcatalyst.events key:{ type: 1 }",
+        67,
+        {
+            "ok": 0.0,
+            "code": 67,
+            "codeName": "CannotCreateIndex",
+            "errmsg": "add index fails, too many indexes",
+        },
+    )
+    fake.fail_next("create_index", refusal, collection="events")
+    with pytest.raises(StoreMisconfigured) as refused:
+        ensure_indexes(fake.db)
+    message = str(refused.value)
+    assert "events" in message and "'events_type'" in message and "too many indexes" in message
+    assert "shard" not in message, "the shard key advice is for a shard key refusal only"

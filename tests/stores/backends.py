@@ -138,14 +138,9 @@ SUBSCRIPTIONS_AS_OF_INSERT_AFTER_A_RESTART = "a restart matches the backlog as o
 NO_EVENT_TIME_WITHOUT_EVENTS = "a client with jobs and no events has no latest event time"
 
 SQLITE_DEFECTS: dict[str, Defect] = {}
-MONGO_DEFECTS = {
-    SUBSCRIPTIONS_AS_OF_INSERT_AFTER_A_RESTART: Defect(
-        "MongoSubscriptions._reload hands out the subscriptions as they are when the feed's first "
-        "batch is processed, applying to every event (effective_after -1), not as they stood at the "
-        "feed's start: after a restart, the events inserted while the processor was down are matched "
-        "against subscriptions created, changed or deleted after them"
-    ),
-}
+# SUBSCRIPTIONS_AS_OF_INSERT_AFTER_A_RESTART: no longer a defect where the subscriptions
+# collection keeps pre- and post-images, which the store turns on (MongoDB 6.0).
+MONGO_DEFECTS: dict[str, Defect] = {}
 
 
 def unconfirmed(defects: Mapping[str, Defect]) -> dict[str, Defect]:

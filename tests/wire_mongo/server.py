@@ -23,7 +23,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from tests.fake_mongo import Document, FakeMongo
 from tests.fake_mongo.indexes import hashable
-from tests.fake_mongo.oplog import position_of
+from tests.fake_mongo.oplog import position_of, position_of_token
 from tests.fake_mongo.query import matches
 from tests.fake_mongo.streams import FakeChangeStream
 from tests.wire_mongo.listener import Listener
@@ -37,6 +37,7 @@ CAUSAL_WAIT = 30.0  # seconds a read waits for the majority point to reach its a
 
 CODE_NAMES = {
     26: "NamespaceNotFound",
+    48: "NamespaceExists",
     59: "CommandNotFound",
     64: "WriteConcernFailed",
     67: "CannotCreateIndex",
@@ -50,6 +51,7 @@ CODE_NAMES = {
     10334: "BSONObjectTooLarge",
     11000: "DuplicateKey",
     11600: "InterruptedAtShutdown",
+    40573: "Location40573",  # a numbered assertion: mongod names it after its code
 }
 # What a server that cannot take writes, or is shutting down, labels its errors with.
 FAILOVER_LABELS = ("RetryableWriteError", "ResumableChangeStreamError")
@@ -91,7 +93,8 @@ class FailPoint:
     times: int
 
     def applies(self, name: str, body: Document) -> bool:
-        return name in self.commands and self.collection in (None, body.get(name))
+        collection = body.get("collection") if name == "getMore" else body.get(name)
+        return name in self.commands and self.collection in (None, collection)
 
 
 @dataclass
@@ -118,11 +121,15 @@ class WireMongo:
     ``CommandNotFound`` and recorded: ``check()`` (the fixture calls it) fails
     the test with its name."""
 
-    def __init__(self, database: str = "flowcatalyst") -> None:
+    def __init__(self, database: str = "flowcatalyst", *, standalone: bool = False) -> None:
+        """``standalone``: a mongod that is no replica set member (no set in ``hello``,
+        no cluster time in replies, no change streams), as a misconfigured deployment has."""
         self.engine = FakeMongo(database)
+        self.standalone = standalone
         self.lock = self.engine.lock
         self.commands: Counter[str] = Counter()
         self.problems: list[str] = []
+        self.reads_waited = 0  # reads that waited for the majority point to reach their afterClusterTime
         self._cursors: dict[int, Cursor] = {}
         self._cursor_ids = itertools.count(1_000_001)
         self._fail_points: list[FailPoint] = []
@@ -145,6 +152,8 @@ class WireMongo:
 
     @property
     def uri(self) -> str:
+        if self.standalone:
+            return f"mongodb://{self.address}/?directConnection=true"
         return f"mongodb://{self.address}/?replicaSet={SET_NAME}"
 
     def client(self, **options: Any) -> MongoClient[Document]:
@@ -180,25 +189,36 @@ class WireMongo:
                 )
             )
 
-    def step_down(self) -> None:
-        """A new election: connections drop, and the primary the clients find next
-        carries a new election id."""
+    def elect(self) -> None:
+        """A new election: the primary the clients find next carries a new election id."""
         with self.lock:
             self._election = ObjectId()
+
+    def step_down(self) -> None:
+        """A new election, and every connection dropped, as a primary stepping down does."""
+        self.elect()
         self._listener.drop_connections()
 
     @contextlib.contextmanager
     def majority_lags(self) -> Iterator[None]:
         """Within: writes are applied but the majority commit point stays where it
         was, so majority reads and change streams do not see them yet."""
-        with self.lock:
-            self.engine.majority_through = self.engine.oplog[-1].position
+        self.hold_majority()
         try:
             yield
         finally:
-            with self.lock:
-                self.engine.majority_through = None
-                self.lock.notify_all()
+            self.release_majority()
+
+    def hold_majority(self) -> None:
+        """From now on the majority commit point stays where it is (``majority_lags``)."""
+        with self.lock:
+            self.engine.majority_through = self.engine.oplog[-1].position
+
+    def release_majority(self) -> None:
+        """The majority commit point catches up with every write, and goes on with them."""
+        with self.lock:
+            self.engine.majority_through = None
+            self.lock.notify_all()
 
     def shard(self, collection: str, key: Document) -> None:
         """Shard ``collection`` on ``key``, as mongos would: a unique index must then begin with it."""
@@ -239,10 +259,11 @@ class WireMongo:
                 self.problems.append(f"{name}: {type(error).__name__}: {error}")
             reply = {"ok": 0.0, "code": 1, "codeName": "InternalError", "errmsg": f"wire server: {error}"}
         reply.setdefault("ok", 1.0)
-        with self.lock:
-            now = self.engine.cluster_time()
-        reply["operationTime"] = now
-        reply["$clusterTime"] = {"clusterTime": now, "signature": {"hash": b"\0" * 20, "keyId": 0}}
+        if not self.standalone:  # a standalone keeps no cluster time
+            with self.lock:
+                now = self.engine.cluster_time()
+            reply["operationTime"] = now
+            reply["$clusterTime"] = {"clusterTime": now, "signature": {"hash": b"\0" * 20, "keyId": 0}}
         request.replies(reply)
         return True
 
@@ -313,6 +334,8 @@ class WireMongo:
             return
         deadline = time.monotonic() + CAUSAL_WAIT
         with self.lock:
+            if (through := self.engine.majority_through) is not None and through < position_of(after):
+                self.reads_waited += 1
             while (through := self.engine.majority_through) is not None and through < position_of(after):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -340,7 +363,7 @@ class WireMongo:
     def hello(self, body: Document) -> Document:
         with self.lock:
             election = self._election
-        return {
+        reply: Document = {
             "isWritablePrimary": True,
             "ismaster": True,
             "helloOk": True,
@@ -360,6 +383,10 @@ class WireMongo:
             "maxWireVersion": WIRE_VERSION,
             "readOnly": False,
         }
+        if self.standalone:
+            for member_only in ("setName", "setVersion", "electionId", "hosts", "primary", "me"):
+                del reply[member_only]
+        return reply
 
     def ok(self, body: Document) -> Document:
         return {}
@@ -448,6 +475,8 @@ class WireMongo:
         collection = body["aggregate"]
         pipeline = body.get("pipeline", [])
         if pipeline and "$changeStream" in pipeline[0]:
+            if self.standalone:
+                raise CommandError(40573, "The $changeStream stage is only supported on replica sets")
             return self._watch(body, collection, pipeline[0]["$changeStream"], pipeline[1:])
         target = self._target(body, collection)
         self._wait_for_majority(body)
@@ -476,6 +505,11 @@ class WireMongo:
             if not set(stage) <= {"$match", "$project"}:
                 raise NotImplementedError(f"change stream stage {stage}")
         token = options.get("resumeAfter") or options.get("startAfter")
+        for option, allowed in _IMAGE_OPTIONS.items():
+            if options.get(option, allowed[0]) not in allowed:
+                raise CommandError(
+                    2, f"Enumeration value '{options[option]}' for field '{option}' is not a valid value."
+                )
         with self.lock:
             if token is not None:
                 position = _position_of_token(token)
@@ -492,6 +526,7 @@ class WireMongo:
                 stream = self.engine.database[collection].watch(
                     stages,
                     full_document=options.get("fullDocument"),
+                    full_document_before_change=options.get("fullDocumentBeforeChange"),
                     resume_after=token,
                     start_at_operation_time=options.get("startAtOperationTime"),
                 )
@@ -543,6 +578,47 @@ class WireMongo:
         indexes = list(self.engine.database[collection].list_indexes())
         cursor = Cursor(f"{self.engine.name}.{collection}", collection, documents=iter(indexes))
         return self._first_batch(cursor, 101, keep=False)
+
+    def create(self, body: Document) -> Document:
+        name = body["create"]
+        with self.lock:
+            if name in self.engine.data:  # MongoDB 6.0; from 7.0 the same options answer ok
+                raise CommandError(48, f"Collection {self.engine.name}.{name} already exists.")
+            data = self.engine.collection_data(name)
+            data.pre_and_post_images = bool((body.get("changeStreamPreAndPostImages") or {}).get("enabled"))
+        return {}
+
+    def coll_mod(self, body: Document) -> Document:
+        """Of collMod's options, ``changeStreamPreAndPostImages`` alone is modelled:
+        any other fails the test."""
+        command = {
+            k: v for k, v in body.items() if not k.startswith("$") and k not in ("lsid", "writeConcern")
+        }
+        try:
+            return self.engine.database.command(command)
+        except OperationFailure as error:
+            failure = CommandError(error.code or 1, (error.details or {}).get("errmsg", str(error)))
+            failure.reply["codeName"] = (error.details or {}).get("codeName", "")
+            raise failure from error
+
+    def list_collections(self, body: Document) -> Document:
+        with self.lock:
+            names = sorted(self.engine.data)
+        described: list[Document] = [
+            {"name": name, "type": "collection"}
+            if body.get("nameOnly")
+            else {
+                "name": name,
+                "type": "collection",
+                "options": {},
+                "info": {"readOnly": False},
+                "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+            }
+            for name in names
+        ]
+        listed = [d for d in described if matches(d, body.get("filter") or {})]
+        cursor = Cursor(f"{self.engine.name}.$cmd.listCollections", "", documents=iter(listed))
+        return self._first_batch(cursor, (body.get("cursor") or {}).get("batchSize", 101), keep=True)
 
     def drop(self, body: Document) -> Document:
         self.engine.database[body["drop"]].drop()
@@ -700,10 +776,10 @@ def _transaction_key(body: Document) -> tuple[bytes, int] | None:
 
 
 def _position_of_token(token: Mapping[str, Any]) -> int:
-    try:
-        return int(str(token["_data"]), 16)
-    except (KeyError, ValueError):
-        raise CommandError(260, "invalid resume token") from None
+    position = position_of_token(token)
+    if position is None:
+        raise CommandError(260, "invalid resume token")
+    return position
 
 
 def _command_of(body: Document) -> str:
@@ -711,6 +787,11 @@ def _command_of(body: Document) -> str:
 
 
 _WRITES = frozenset({"insert", "update", "delete"})
+# A change stream's image options, and the values MongoDB 6.0 takes (the first: the default).
+_IMAGE_OPTIONS = {
+    "fullDocument": ("default", "updateLookup", "whenAvailable", "required"),
+    "fullDocumentBeforeChange": ("off", "whenAvailable", "required"),
+}
 _COMMANDS: dict[str, Callable[[WireMongo, Document], Document]] = {
     "hello": WireMongo.hello,
     "isMaster": WireMongo.hello,
@@ -728,6 +809,9 @@ _COMMANDS: dict[str, Callable[[WireMongo, Document], Document]] = {
     "killCursors": WireMongo.kill_cursors,
     "createIndexes": WireMongo.create_indexes,
     "listIndexes": WireMongo.list_indexes,
+    "create": WireMongo.create,
+    "collMod": WireMongo.coll_mod,
+    "listCollections": WireMongo.list_collections,
     "drop": WireMongo.drop,
     "renameCollection": WireMongo.rename_collection,
     "commitTransaction": WireMongo.commit_transaction,

@@ -9,7 +9,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 from bson import json_util
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.errors import InvalidBSON
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo.errors import PyMongoError
 
@@ -33,7 +37,32 @@ CHECKPOINTS = "stream_checkpoints"  # the durable position: one document per res
 IDLE_CHECKPOINT_SECONDS = 10.0  # how often an idle stream's moving token is written to the checkpoint
 
 DUPLICATE_KEY = 11000
+NAMESPACE_EXISTS = 48
 JSON = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True)
+
+
+# Documents are read as the BSON bytes the server sent and decoded one by one:
+# one that pymongo cannot decode (a date beyond year 9999, invalid UTF-8, as
+# other drivers may write them) fails alone, not the batch it came in.
+RAW: CodecOptions[RawBSONDocument] = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
+_STRICT: CodecOptions[Document] = CodecOptions(tz_aware=True)
+# Only to show or name a document that cannot be decoded: every byte read, nothing refused.
+_LOOSE: CodecOptions[Document] = CodecOptions(
+    tz_aware=True,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    unicode_decode_error_handler="backslashreplace",
+)
+UNDECODABLE = (InvalidBSON, ValueError, OverflowError)  # what ``decode`` raises for bad bytes
+
+
+def decode(raw: RawBSONDocument) -> Document:
+    """A document as pymongo would have decoded it; raises one of ``UNDECODABLE``."""
+    return bson.decode(raw.raw, _STRICT)
+
+
+def decode_loosely(raw: RawBSONDocument | None) -> Document:
+    """A document as far as its bytes can be read, whatever they hold."""
+    return {} if raw is None else bson.decode(raw.raw, _LOOSE)
 
 
 def order_of(cluster_time: Timestamp) -> int:

@@ -16,6 +16,7 @@ from processor.stores.mongo.documents import DUPLICATE_KEY
 
 log = logging.getLogger(__name__)
 
+CANNOT_CREATE_INDEX = 67
 INDEX_OPTIONS_CONFLICT = 85
 INDEX_KEY_SPECS_CONFLICT = 86
 MARKS_KEPT_SECONDS = 7 * 24 * 3600  # far longer than any oplog window a replay could reach back
@@ -55,8 +56,9 @@ INDEXES = (
 
 def ensure_indexes(database: Database[dict[str, Any]]) -> list[str]:
     """Create what is missing; returns the names created. Raises ``StoreMisconfigured``
-    when an existing index stands in the way (the operator must act), and
-    ``StoreUnavailable`` when the server cannot be reached (to be retried)."""
+    when an existing index, duplicates or the collection's shard key stand in the
+    way (the operator must act), and ``StoreUnavailable`` when the server cannot
+    be reached (to be retried)."""
     try:
         return _ensure(database)
     except PyMongoError as error:
@@ -82,6 +84,8 @@ def _ensure(database: Database[dict[str, Any]]) -> list[str]:
         try:
             collection.create_index(list(spec.keys), **options)
         except OperationFailure as error:
+            if error.code == CANNOT_CREATE_INDEX:
+                raise StoreMisconfigured(_cannot_create(spec, error)) from error
             if error.code in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
                 raise StoreMisconfigured(
                     f"{spec.collection}: cannot create index {spec.name!r} on {_keys(spec)}: {error}"
@@ -95,6 +99,27 @@ def _ensure(database: Database[dict[str, Any]]) -> list[str]:
         log.info("created index %s on %s %s", spec.name, spec.collection, _keys(spec))
         created.append(spec.name)
     return created
+
+
+def _cannot_create(spec: IndexSpec, error: OperationFailure) -> str:
+    """Why the server will never build ``spec`` as things stand, and what to change.
+    Code 67 does not pass by waiting; through mongos it most often means a unique index
+    on a collection sharded on a key it does not begin with, which MongoDB refuses
+    because each shard can only check its own documents for duplicates."""
+    reason = str((error.details or {}).get("errmsg") or error)
+    refused = f"{spec.collection}: cannot create index {spec.name!r} on {_keys(spec)}"
+    if not (spec.unique and "shard key" in reason):
+        return f"{refused}: {reason}"
+    prefixes = " or ".join(
+        "{" + ", ".join(f"{field}: 1" for field, _ in spec.keys[:n]) + "}"
+        for n in range(1, len(spec.keys) + 1)
+    )
+    return (
+        f"{refused} ({reason}): on a sharded collection, MongoDB builds a unique index only when "
+        f"the shard key is a prefix of it. Shard {spec.collection} on the ranged key {prefixes} "
+        f"(a hashed shard key cannot back a unique index; sh.reshardCollection changes the key of a "
+        f"collection sharded already), or leave {spec.collection} unsharded"
+    )
 
 
 def _keys(spec: IndexSpec) -> str:

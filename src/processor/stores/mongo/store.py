@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
+import pymongo
 from pymongo import InsertOne, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
@@ -31,7 +33,7 @@ from pymongo.errors import BulkWriteError
 
 from processor.jobs import job_id
 from processor.models import DeadLetter, DispatchJob, FilterFailure
-from processor.projections import ProjectionDelta, Tally, Uncounted
+from processor.projections import EventKey, ProjectionDelta, Tally, Uncounted
 from processor.stores.base import (
     MAX_EVENT_BYTES,
     CommitReport,
@@ -57,11 +59,14 @@ from processor.stores.mongo.documents import (
     job_document,
     unavailable_on_failure,
 )
-from processor.stores.mongo.feed import MongoFeed
+from processor.stores.mongo.feed import CATCH_UP_SKEW, MongoFeed
 from processor.stores.mongo.subscriptions import MongoSubscriptions
 from processor.stores.mongo.tokens import TokenStore
 
 log = logging.getLogger(__name__)
+
+MARKS_PER_TRANSACTION = 5_000  # events and jobs counted in one transaction at most
+TRANSACTION_SECONDS = 10.0  # a transaction and the driver's retries of it, at most
 
 
 class MongoStore:
@@ -77,8 +82,10 @@ class MongoStore:
         tokens: TokenStore,
         max_event_bytes: int = MAX_EVENT_BYTES,
         checkpoint_key: str = "stream-processor",
+        catch_up_skew: timedelta = CATCH_UP_SKEW,
     ) -> None:
         self.database = database
+        self._catch_up_skew = catch_up_skew
         self._max_event_bytes = max_event_bytes
         self._tokens = tokens
         self._subscriptions = MongoSubscriptions(database)
@@ -130,12 +137,16 @@ class MongoStore:
         )
 
     def open_feed(self, resume_after: str | None) -> MongoFeed:
-        self._subscriptions.close()  # a new feed starts from a fresh load of the subscriptions
+        checkpoint = Checkpoint.loads(resume_after)
+        # A new feed starts from a fresh load of the subscriptions, as they stood
+        # where it resumes: at (or after) the checkpoint's cluster time.
+        self._subscriptions.start(None if checkpoint is None else checkpoint.cluster_time)
         self._inserted_before_failure.clear()
         return MongoFeed(
             self.database,
-            Checkpoint.loads(resume_after),
+            checkpoint,
             max_event_bytes=self._max_event_bytes,
+            skew=self._catch_up_skew,
         )
 
     def subscription_changes(self) -> list[SubscriptionChange]:
@@ -143,8 +154,8 @@ class MongoStore:
 
     def fence(self, epoch: int, holder: str) -> None:
         self._epoch, self._holder = epoch, holder  # what the claim checks, and writes
-        with unavailable_on_failure("claim the checkpoint"), self.database.client.start_session() as session:
-            session.with_transaction(lambda s: self._save_checkpoint(s, None))
+        with unavailable_on_failure("claim the checkpoint"):
+            self._transaction(lambda session: self._save_checkpoint(session, None))
         try:
             self._tokens.fence(epoch, holder)
         except StoreUnavailable as error:  # the mirror; the store's claim is made
@@ -187,6 +198,9 @@ class MongoStore:
             failed = {e.get("index") for e in errors}
             fresh = {job.id for n, job in enumerate(jobs) if n not in failed}
             others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            # A write concern error: written on the primary, not yet as durable as
+            # asked (a rollback could take the jobs back), so not done.
+            others += error.details.get("writeConcernErrors") or []
             if others:  # retried as a whole: what this attempt inserted will be a duplicate then
                 self._inserted_before_failure |= fresh
                 raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
@@ -240,40 +254,54 @@ class MongoStore:
             self._project(tally, None)
 
     def _project(self, tally: Tally | None, token: str | None) -> None:
-        """Count each event and each job once, ever, and save the checkpoint: in one
+        """Count each event and each job once, ever, and save the checkpoint: in a
         transaction, check the claim, mark what is counted and count what was not
-        marked yet."""
-        marks = self.database[PROJECTION_MARKS]
+        marked yet. A large tally takes several transactions of at most
+        ``MARKS_PER_TRANSACTION`` marks each (a transaction's reads and writes stay
+        far under 16 MB); the marks make each one idempotent, and the checkpoint
+        is saved with the last, so a crash between them loses nothing."""
         events = [] if tally is None else tally.events
         jobs = [] if tally is None else tally.jobs
-        keys = [f"event:{e[1]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[1]: the event's id
-        if not keys and (token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS):
+        idle = token is None or time.monotonic() - self._saved_at < IDLE_CHECKPOINT_SECONDS
+        if not events and not jobs and idle:
             # An empty batch's position loses nothing by waiting; and saving it
             # writes to the oplog, which moves the idle stream's token again.
             return
-
-        def project(session: ClientSession) -> None:
-            self._save_checkpoint(session, token)  # first: refused, it writes nothing
-            if not keys:
-                return
-            seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
-            # Each key once, whatever the batch holds twice (two _ids that read as
-            # one id): a mark inserted twice would abort the transaction at every retry.
-            counted = seen.copy()
-            delta = ProjectionDelta.of(
-                (e for e in events if _first(f"event:{e[1]}", counted)),
-                (j for j in jobs if _first(f"job:{j.id}", counted)),
-            )
-            now = datetime.now(UTC)
-            new = [InsertOne({"_id": key, "at": now}) for key in dict.fromkeys(keys) if key not in seen]
-            if new:
-                marks.bulk_write(new, ordered=False, session=session)
-            self._apply(delta, session)
-
-        with self.database.client.start_session() as session:
-            session.with_transaction(project)
+        parts = _parts(events, jobs)
+        for number, (some_events, some_jobs) in enumerate(parts):
+            saved = token if number == len(parts) - 1 else None
+            self._transaction(partial(self._count_part, events=some_events, jobs=some_jobs, token=saved))
         if token is not None:
             self._saved_at = time.monotonic()
+
+    def _count_part(
+        self, session: ClientSession, *, events: list[EventKey], jobs: list[DispatchJob], token: str | None
+    ) -> None:
+        self._save_checkpoint(session, token)  # first: refused, it writes nothing
+        keys = [f"event:{e[1]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[1]: the event's id
+        if not keys:
+            return
+        marks = self.database[PROJECTION_MARKS]
+        seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
+        # Each key once, whatever the batch holds twice (two _ids that read as
+        # one id): a mark inserted twice would abort the transaction at every retry.
+        counted = seen.copy()
+        delta = ProjectionDelta.of(
+            (e for e in events if _first(f"event:{e[1]}", counted)),
+            (j for j in jobs if _first(f"job:{j.id}", counted)),
+        )
+        now = datetime.now(UTC)
+        new = [InsertOne({"_id": key, "at": now}) for key in dict.fromkeys(keys) if key not in seen]
+        if new:
+            marks.bulk_write(new, ordered=False, session=session)
+        self._apply(delta, session)
+
+    def _transaction(self, callback: Callable[[ClientSession], None]) -> None:
+        """Run ``callback`` in a transaction, retried by the driver while MongoDB
+        labels its failures transient, for ``TRANSACTION_SECONDS`` at most (the
+        driver's own bound is 120 s, longer than a stop may wait)."""
+        with self.database.client.start_session() as session, pymongo.timeout(TRANSACTION_SECONDS):
+            session.with_transaction(callback)
 
     def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
         for name, writes in (
@@ -321,3 +349,12 @@ def _first(key: str, counted: set[str]) -> bool:
         return False
     counted.add(key)
     return True
+
+
+def _parts(events: list[EventKey], jobs: list[DispatchJob]) -> list[tuple[list[EventKey], list[DispatchJob]]]:
+    """The tally in parts of at most ``MARKS_PER_TRANSACTION`` marks; one empty part for an empty tally."""
+    size = MARKS_PER_TRANSACTION
+    parts: list[tuple[list[EventKey], list[DispatchJob]]]
+    parts = [(events[n : n + size], []) for n in range(0, len(events), size)]
+    parts += [([], jobs[n : n + size]) for n in range(0, len(jobs), size)]
+    return parts or [([], [])]

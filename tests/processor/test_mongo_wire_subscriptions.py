@@ -1,0 +1,266 @@
+"""The MongoDB store's subscriptions through pymongo's real client, against the
+wire server: what only a server shows (a majority point behind the last write,
+BSON as other drivers write it, pre- and post-images, history that left the oplog)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+import pytest
+from bson.datetime_ms import DatetimeMS
+from bson.timestamp import Timestamp
+from pymongo.database import Database
+
+from processor.stores.base import SubscriptionChange
+from processor.stores.mongo import Checkpoint, MongoStore
+from tests.fake_mongo import Document, Tokens
+from tests.wire_mongo import WireMongo
+
+UNAUTHORIZED = 13
+ORDERS = "orders:*:*:*"
+BILLING = "billing:*:*:*"
+
+
+@pytest.fixture
+def wire() -> Iterator[WireMongo]:
+    with WireMongo() as server:
+        yield server
+    server.check()
+
+
+@pytest.fixture
+def database(wire: WireMongo) -> Iterator[Database[Document]]:
+    with wire.client() as client:
+        yield client[wire.engine.name]
+
+
+@pytest.fixture
+def store(database: Database[Document]) -> Iterator[MongoStore]:
+    opened = MongoStore(database, Tokens())
+    yield opened
+    opened.close()
+
+
+def subscription(id: str, pattern: str = "*:*:*:*", **fields: Any) -> Document:
+    return {
+        "_id": id,
+        "client_id": "acme",
+        "name": f"subscription {id}",
+        "event_type_pattern": pattern,
+        "target": "https://hooks.example.com/in",
+        "pool_code": "default",
+        "active": True,
+        **fields,
+    }
+
+
+def undecodable(id: str, kind: str) -> bytes:
+    """A subscription as another driver may store it, which pymongo refuses to decode."""
+    if kind == "a date beyond year 9999":
+        return bson.encode(subscription(id, created_at=DatetimeMS(253_402_300_800_000 + 86_400_000)))
+    raw = bson.encode(subscription(id, name="PLACEHOLDER"))
+    return raw.replace(b"PLACEHOLDER", b"\xff" * len("PLACEHOLDER"))
+
+
+def held(changes: list[SubscriptionChange]) -> dict[str, Document | None]:
+    """Each subscription as the changes leave it: None, deleted or skipped."""
+    return {change.subscription_id: change.document for change in changes}
+
+
+def shapes(changes: list[SubscriptionChange]) -> list[tuple[str, str | None, bool | None, int]]:
+    """(id, pattern, active, effective_after) of each change, None for a deletion."""
+    return [
+        (
+            c.subscription_id,
+            None if c.document is None else c.document["event_type_pattern"],
+            None if c.document is None else c.document["active"],
+            c.effective_after,
+        )
+        for c in changes
+    ]
+
+
+def order_of(cluster_time: Timestamp) -> int:
+    """A cluster time as the store's positions have it (``SubscriptionChange.effective_after``)."""
+    return (cluster_time.time << 32) | cluster_time.inc
+
+
+def now(wire: WireMongo) -> int:
+    return order_of(wire.engine.cluster_time())
+
+
+# -- the load: nothing between the stream's start and the read ---------------------------------
+
+
+def test_a_subscription_written_while_the_majority_point_lags_is_in_the_load(
+    wire: WireMongo, database: Database[Document], store: MongoStore
+) -> None:
+    store.open_feed(None)
+    with contextlib.ExitStack() as lag:
+        lag.enter_context(wire.majority_lags())
+        database["subscriptions"].insert_one(subscription("late"))
+        written = now(wire)
+
+        def catch_up(name: str, body: Document) -> None:
+            # The majority point reaches the write while a read waits for it; a read
+            # that asks for nothing that late is answered from behind it.
+            after = (body.get("readConcern") or {}).get("afterClusterTime")
+            waits = after is not None and order_of(after) >= written
+            if name == "find" and body.get("find") == "subscriptions" and waits:
+                lag.close()
+
+        wire.when(catch_up)
+        changes = store.subscription_changes()
+    assert held(changes)["late"] is not None
+    assert store.subscription_changes() == []  # nothing comes twice either
+
+
+# -- what pymongo cannot decode -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["a date beyond year 9999", "invalid UTF-8 in a string"])
+def test_a_subscription_pymongo_cannot_decode_is_skipped_and_the_others_load(
+    kind: str,
+    wire: WireMongo,
+    database: Database[Document],
+    store: MongoStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database["subscriptions"].insert_one(subscription("before"))
+    wire.insert_raw("subscriptions", undecodable("bad", kind))
+    database["subscriptions"].insert_one(subscription("after"))
+    store.open_feed(None)
+    with caplog.at_level(logging.ERROR):
+        changes = store.subscription_changes()
+    loaded = held(changes)
+    assert loaded["before"] is not None and loaded["after"] is not None
+    assert loaded.get("bad") is None
+    assert any("'bad'" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["a date beyond year 9999", "invalid UTF-8 in a string"])
+def test_a_subscription_pymongo_cannot_decode_in_the_stream_is_skipped_and_the_others_follow(
+    kind: str,
+    wire: WireMongo,
+    database: Database[Document],
+    store: MongoStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store.open_feed(None)
+    assert store.subscription_changes() == []
+    wire.insert_raw("subscriptions", undecodable("bad", kind))
+    database["subscriptions"].insert_one(subscription("after"))
+    with caplog.at_level(logging.ERROR):
+        changes = store.subscription_changes()
+    assert held(changes).get("bad") is None
+    assert held(changes)["after"] is not None
+    assert any("'bad'" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
+
+
+# -- pre- and post-images: each change as it left the subscription ---------------------------
+
+
+def test_two_updates_read_together_each_carry_the_subscription_as_they_left_it(
+    wire: WireMongo, database: Database[Document], store: MongoStore
+) -> None:
+    database["subscriptions"].insert_one(subscription("sub", ORDERS))
+    store.open_feed(None)
+    store.subscription_changes()
+    subscriptions = database["subscriptions"]
+    subscriptions.update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
+    first = now(wire)
+    subscriptions.update_one({"_id": "sub"}, {"$set": {"active": False}})
+    second = now(wire)
+    assert shapes(store.subscription_changes()) == [
+        ("sub", BILLING, True, first),
+        ("sub", BILLING, False, second),
+    ]
+
+
+def test_a_restart_hands_out_the_subscriptions_as_they_stood_at_the_feeds_start_then_each_change(
+    wire: WireMongo, database: Database[Document]
+) -> None:
+    subscriptions = database["subscriptions"]
+    subscriptions.insert_one(subscription("changed", ORDERS))
+    subscriptions.insert_one(subscription("deleted", ORDERS))
+    subscriptions.insert_one(subscription("kept", ORDERS))
+    first = MongoStore(database, Tokens())
+    first.open_feed(None)
+    first.subscription_changes()  # the first run turns the images on, as any start does
+    first.close()
+    start = Checkpoint(None, wire.engine.cluster_time()).dumps()  # where the last run stopped
+    subscriptions.update_one({"_id": "changed"}, {"$set": {"event_type_pattern": BILLING}})
+    updated = now(wire)
+    subscriptions.delete_one({"_id": "deleted"})
+    deleted = now(wire)
+    subscriptions.insert_one(subscription("created", BILLING))
+    created = now(wire)
+    restarted = MongoStore(database, Tokens())
+    restarted.open_feed(start)
+    changes = restarted.subscription_changes()
+    restarted.close()
+    as_of_start, since = changes[:3], changes[3:]
+    assert sorted(shapes(as_of_start)) == [
+        ("changed", ORDERS, True, -1),
+        ("deleted", ORDERS, True, -1),
+        ("kept", ORDERS, True, -1),
+    ]
+    assert shapes(since) == [
+        ("changed", BILLING, True, updated),
+        ("deleted", None, None, deleted),
+        ("created", BILLING, True, created),
+    ]
+
+
+# -- where the server keeps no images, or no history --------------------------------------------
+
+
+def test_where_images_cannot_be_turned_on_updates_carry_the_subscription_as_it_is_and_a_warning_says_so(
+    wire: WireMongo, database: Database[Document], store: MongoStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    database["subscriptions"].insert_one(subscription("sub", ORDERS))
+    wire.fail_command("collMod", code=UNAUTHORIZED)
+    store.open_feed(None)
+    with caplog.at_level(logging.WARNING):
+        store.subscription_changes()
+    database["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
+    updated = now(wire)
+    assert shapes(store.subscription_changes()) == [("sub", BILLING, True, updated)]
+    assert any("changeStreamPreAndPostImages" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restart_over_writes_that_kept_no_images_loads_the_subscriptions_as_they_are_and_warns(
+    wire: WireMongo, database: Database[Document], caplog: pytest.LogCaptureFixture
+) -> None:
+    database["subscriptions"].insert_one(subscription("sub", ORDERS))
+    start = Checkpoint(None, wire.engine.cluster_time()).dumps()
+    # Written before any start turned the images on: the server kept none of it.
+    database["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
+    store = MongoStore(database, Tokens())
+    store.open_feed(start)
+    with caplog.at_level(logging.WARNING):
+        changes = store.subscription_changes()
+    store.close()
+    assert shapes(changes) == [("sub", BILLING, True, -1)]
+    assert any("image was not found" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restart_whose_start_left_the_oplog_loads_the_subscriptions_as_they_are_and_warns(
+    wire: WireMongo, database: Database[Document], caplog: pytest.LogCaptureFixture
+) -> None:
+    database["subscriptions"].insert_one(subscription("sub", ORDERS))
+    start = Checkpoint(None, wire.engine.cluster_time()).dumps()
+    database["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
+    database["subscriptions"].insert_one(subscription("other", ORDERS))
+    wire.engine.truncate_oplog()  # the update is gone from it
+    store = MongoStore(database, Tokens())
+    store.open_feed(start)
+    with caplog.at_level(logging.WARNING):
+        changes = store.subscription_changes()
+    store.close()
+    assert sorted(shapes(changes)) == [("other", ORDERS, True, -1), ("sub", BILLING, True, -1)]
+    assert any("history since the feed's start is gone" in r.getMessage() for r in caplog.records)
