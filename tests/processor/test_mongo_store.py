@@ -59,16 +59,6 @@ def fake() -> FakeMongo:
 
 
 @pytest.fixture
-def tokens() -> Tokens:
-    return Tokens()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
 def mongo(fake: FakeMongo, tokens: Tokens, metrics: Metrics) -> Iterator[MongoStore]:
     store = MongoStore(fake.db, tokens)
     yield store

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from bson import ObjectId
 from pymongo.database import Database
 
 from processor.config import Config
@@ -18,29 +17,11 @@ from processor.metrics import Metrics
 from processor.runner import open_store
 from tests.fake_mongo import Document, sample
 from tests.processor.harness import FAST, wait_until
+from tests.processor.wire_documents import event, subscription
 from tests.wire_mongo import WireMongo
 
-SHIPPED = "orders:fulfillment:shipment:shipped"
 NOT_WRITABLE_PRIMARY = 10107
 DEADLINE = 30.0
-
-
-@pytest.fixture
-def wire() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        yield server
-    server.check()
-
-
-@pytest.fixture
-def database(wire: WireMongo) -> Iterator[Database[Document]]:
-    with wire.client() as client:
-        yield client[wire.engine.name]
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
 
 
 @pytest.fixture
@@ -68,25 +49,11 @@ def first_checkpoint(wire: WireMongo) -> bool:
 
 
 def subscribe(database: Database[Document], *ids: str) -> None:
-    for id in ids:
-        database["subscriptions"].insert_one(
-            {
-                "_id": id,
-                "client_id": "acme",
-                "name": f"subscription {id}",
-                "event_type_pattern": "*:*:*:*",
-                "target": "https://hooks.example.com/in",
-                "pool_code": "default",
-                "active": True,
-            }
-        )
+    database["subscriptions"].insert_many([subscription(id) for id in ids])
 
 
 def publish(database: Database[Document], count: int) -> list[str]:
-    documents = [
-        {"_id": ObjectId(), "type": SHIPPED, "source": "orders-service", "client_id": "acme"}
-        for _ in range(count)
-    ]
+    documents = [event() for _ in range(count)]
     database["events"].insert_many(documents)
     return [str(d["_id"]) for d in documents]
 

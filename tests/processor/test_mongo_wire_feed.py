@@ -7,14 +7,12 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
 import pytest
 from bson import ObjectId, json_util
-from bson.datetime_ms import DatetimeMS
 from pymongo.database import Database
 
 from processor.metrics import Metrics
@@ -23,38 +21,11 @@ from processor.projections import Tally
 from processor.stores.mongo import CATCH_UP_SKEW, MARKS_PER_TRANSACTION, Checkpoint, MongoFeed, MongoStore
 from tests.fake_mongo import Document, Running, Tokens, sample
 from tests.processor.harness import wait_until
+from tests.processor.wire_documents import SHIPPED, UNDECODABLE, event, subscription, undecodable
 from tests.wire_mongo import WireMongo
 
-SHIPPED = "orders:fulfillment:shipment:shipped"
 MAX_BSON = 16 * 1024 * 1024
 DEADLINE = 30.0  # seconds a test waits for what it expects, at most
-
-
-@pytest.fixture
-def wire() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        yield server
-    server.check()
-
-
-@pytest.fixture
-def database(wire: WireMongo) -> Iterator[Database[Document]]:
-    with wire.client() as client:
-        yield client[wire.engine.name]
-
-
-@pytest.fixture
-def tokens() -> Tokens:
-    return Tokens()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-def event(**fields: Any) -> Document:
-    return {"_id": ObjectId(), "type": SHIPPED, "source": "orders-service", "client_id": "acme", **fields}
 
 
 def publish(database: Database[Document], **fields: Any) -> str:
@@ -64,42 +35,32 @@ def publish(database: Database[Document], **fields: Any) -> str:
 
 
 def subscribe(database: Database[Document], id: str = "all") -> None:
-    database["subscriptions"].insert_one(
-        {
-            "_id": id,
-            "client_id": "acme",
-            "name": f"subscription {id}",
-            "event_type_pattern": "*:*:*:*",
-            "target": "https://hooks.example.com/in",
-            "pool_code": "default",
-            "active": True,
-        }
-    )
+    database["subscriptions"].insert_one(subscription(id))
 
 
 def jobs(database: Database[Document]) -> set[str]:
     return {d["event_id"] for d in database["dispatch_jobs"].find()}
 
 
+def run_once(database: Database[Document], tokens: Tokens) -> None:
+    """A first run, subscribed to everything, that processed one event and stopped,
+    leaving its checkpoint in ``tokens`` and the store."""
+    subscribe(database)
+    store = MongoStore(database, tokens)
+    with Running(store, tokens, Metrics()):
+        processed = publish(database)
+        wait_until(lambda: jobs(database) == {processed}, DEADLINE, "the first job")
+    store.close()
+
+
 def letters(database: Database[Document]) -> dict[str, Document]:
     return {d["event_id"]: d for d in database["dead_letters"].find()}
-
-
-def undecodable(kind: str) -> tuple[str, bytes]:
-    """An event as another driver may store it, which pymongo refuses to decode."""
-    identifier = ObjectId()
-    if kind == "a date beyond year 9999":
-        raw = bson.encode(event(_id=identifier, data={"at": DatetimeMS(253_402_300_800_000 + 86_400_000)}))
-    else:
-        raw = bson.encode(event(_id=identifier, data={"note": "PLACEHOLDER"}))
-        raw = raw.replace(b"PLACEHOLDER", b"\xff" * len("PLACEHOLDER"))
-    return str(identifier), raw
 
 
 # -- what pymongo cannot decode, and what the server cannot send ---------------------------
 
 
-@pytest.mark.parametrize("kind", ["a date beyond year 9999", "invalid UTF-8 in a string"])
+@pytest.mark.parametrize("kind", UNDECODABLE)
 def test_an_event_pymongo_cannot_decode_is_dead_lettered_alone_and_the_others_get_their_jobs(
     kind: str, wire: WireMongo, database: Database[Document], tokens: Tokens, metrics: Metrics
 ) -> None:
@@ -107,8 +68,9 @@ def test_an_event_pymongo_cannot_decode_is_dead_lettered_alone_and_the_others_ge
     store = MongoStore(database, tokens)
     with Running(store, tokens, metrics):
         before = publish(database)
-        bad, raw = undecodable(kind)
-        wire.insert_raw("events", raw)
+        document = event()
+        bad = str(document["_id"])
+        wire.insert_raw("events", undecodable(document, kind))
         after = publish(database)
         wait_until(lambda: jobs(database) == {before, after}, DEADLINE, "the jobs of the events around it")
         wait_until(lambda: bad in letters(database), DEADLINE, "its dead letter")
@@ -269,12 +231,7 @@ def test_a_catch_up_says_when_events_whose_id_is_not_an_object_id_cannot_be_reco
     metrics: Metrics,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    subscribe(database)
-    first = MongoStore(database, tokens)
-    with Running(first, tokens, metrics):
-        processed = publish(database)
-        wait_until(lambda: jobs(database) == {processed}, DEADLINE, "the first job")
-    first.close()
+    run_once(database, tokens)
     dated = publish(database)
     publish(database, _id="order-7")
     wire.engine.truncate_oplog()
@@ -291,12 +248,7 @@ def test_a_catch_up_recovers_the_events_of_producers_whose_clocks_are_off_by_the
     skew: timedelta, recovered: bool, wire: WireMongo, database: Database[Document], tokens: Tokens
 ) -> None:
     metrics = Metrics()
-    subscribe(database)
-    first = MongoStore(database, tokens)
-    with Running(first, tokens, metrics):
-        processed = publish(database)
-        wait_until(lambda: jobs(database) == {processed}, DEADLINE, "the first job")
-    first.close()
+    run_once(database, tokens)
     # Inserted while the processor is away, by a producer whose clock is 90 s behind.
     late = publish(database, _id=ObjectId.from_datetime(datetime.now(UTC) - timedelta(seconds=90)))
     marker = publish(database)
@@ -315,12 +267,7 @@ def test_a_catch_up_recovers_the_events_of_producers_whose_clocks_are_off_by_the
 def test_a_catch_up_reads_the_collection_once_the_majority_point_reaches_the_new_stream_s_start(
     wire: WireMongo, database: Database[Document], tokens: Tokens, metrics: Metrics
 ) -> None:
-    subscribe(database)
-    first = MongoStore(database, tokens)
-    with Running(first, tokens, metrics):
-        processed = publish(database)
-        wait_until(lambda: jobs(database) == {processed}, DEADLINE, "the first job")
-    first.close()
+    run_once(database, tokens)
     wire.hold_majority()
     while_down = publish(database)  # applied, not majority-committed yet
     wire.engine.truncate_oplog()

@@ -27,6 +27,7 @@ from processor.stores.base import ProcessedBatch, StoreMisconfigured
 from processor.stores.mongo import MongoStore, require_replica_set
 from tests.fake_mongo import Document
 from tests.processor.harness import wait_until
+from tests.processor.wire_documents import event, subscription
 from tests.wire_mongo import WireMongo
 
 JOBS_UNIQUE = "dispatch_jobs_event_subscription"
@@ -175,23 +176,10 @@ def test_a_mongos_passes_the_replica_set_check() -> None:
 
 def _batch() -> ProcessedBatch:
     now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    subscription = Subscription.model_validate(
-        {
-            "id": "sub",
-            "client_id": "acme",
-            "name": "subscription",
-            "event_type_pattern": "*:*:*:*",
-            "target": "https://hooks.example.com/in",
-            "pool_code": "default",
-        }
-    )
-    events = [
-        parse_event(
-            {"id": f"evt-{n}", "type": "orders:fulfillment:shipment:shipped", "client_id": "acme"}, now
-        )
-        for n in range(2)
-    ]
-    jobs = [job for e in events for job in create_jobs(e, [subscription], now + timedelta(seconds=1))]
+    stored = subscription("sub")
+    subscribed = Subscription.model_validate({**stored, "id": stored.pop("_id")})
+    events = [parse_event({**event(), "id": f"evt-{n}"}, now) for n in range(2)]
+    jobs = [job for e in events for job in create_jobs(e, [subscribed], now + timedelta(seconds=1))]
     return ProcessedBatch(jobs, [], None, tally=Tally([event_key(n, e) for n, e in enumerate(events)], jobs))
 
 

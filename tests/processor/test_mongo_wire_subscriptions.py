@@ -7,17 +7,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
 
-import bson
 import pytest
-from bson.datetime_ms import DatetimeMS
 from bson.timestamp import Timestamp
 from pymongo.database import Database
 
 from processor.stores.base import SubscriptionChange
 from processor.stores.mongo import Checkpoint, MongoStore
 from tests.fake_mongo import Document, Tokens
+from tests.processor.wire_documents import UNDECODABLE, subscription, undecodable
 from tests.wire_mongo import WireMongo
 
 UNAUTHORIZED = 13
@@ -26,44 +24,10 @@ BILLING = "billing:*:*:*"
 
 
 @pytest.fixture
-def wire() -> Iterator[WireMongo]:
-    with WireMongo() as server:
-        yield server
-    server.check()
-
-
-@pytest.fixture
-def database(wire: WireMongo) -> Iterator[Database[Document]]:
-    with wire.client() as client:
-        yield client[wire.engine.name]
-
-
-@pytest.fixture
 def store(database: Database[Document]) -> Iterator[MongoStore]:
     opened = MongoStore(database, Tokens())
     yield opened
     opened.close()
-
-
-def subscription(id: str, pattern: str = "*:*:*:*", **fields: Any) -> Document:
-    return {
-        "_id": id,
-        "client_id": "acme",
-        "name": f"subscription {id}",
-        "event_type_pattern": pattern,
-        "target": "https://hooks.example.com/in",
-        "pool_code": "default",
-        "active": True,
-        **fields,
-    }
-
-
-def undecodable(id: str, kind: str) -> bytes:
-    """A subscription as another driver may store it, which pymongo refuses to decode."""
-    if kind == "a date beyond year 9999":
-        return bson.encode(subscription(id, created_at=DatetimeMS(253_402_300_800_000 + 86_400_000)))
-    raw = bson.encode(subscription(id, name="PLACEHOLDER"))
-    return raw.replace(b"PLACEHOLDER", b"\xff" * len("PLACEHOLDER"))
 
 
 def held(changes: list[SubscriptionChange]) -> dict[str, Document | None]:
@@ -122,7 +86,7 @@ def test_a_subscription_written_while_the_majority_point_lags_is_in_the_load(
 # -- what pymongo cannot decode -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["a date beyond year 9999", "invalid UTF-8 in a string"])
+@pytest.mark.parametrize("kind", UNDECODABLE)
 def test_a_subscription_pymongo_cannot_decode_is_skipped_and_the_others_load(
     kind: str,
     wire: WireMongo,
@@ -131,7 +95,7 @@ def test_a_subscription_pymongo_cannot_decode_is_skipped_and_the_others_load(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     database["subscriptions"].insert_one(subscription("before"))
-    wire.insert_raw("subscriptions", undecodable("bad", kind))
+    wire.insert_raw("subscriptions", undecodable(subscription("bad"), kind))
     database["subscriptions"].insert_one(subscription("after"))
     store.open_feed(None)
     with caplog.at_level(logging.ERROR):
@@ -142,7 +106,7 @@ def test_a_subscription_pymongo_cannot_decode_is_skipped_and_the_others_load(
     assert any("'bad'" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("kind", ["a date beyond year 9999", "invalid UTF-8 in a string"])
+@pytest.mark.parametrize("kind", UNDECODABLE)
 def test_a_subscription_pymongo_cannot_decode_in_the_stream_is_skipped_and_the_others_follow(
     kind: str,
     wire: WireMongo,
@@ -152,7 +116,7 @@ def test_a_subscription_pymongo_cannot_decode_in_the_stream_is_skipped_and_the_o
 ) -> None:
     store.open_feed(None)
     assert store.subscription_changes() == []
-    wire.insert_raw("subscriptions", undecodable("bad", kind))
+    wire.insert_raw("subscriptions", undecodable(subscription("bad"), kind))
     database["subscriptions"].insert_one(subscription("after"))
     with caplog.at_level(logging.ERROR):
         changes = store.subscription_changes()
