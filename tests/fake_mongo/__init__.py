@@ -6,7 +6,10 @@ is handed ``FakeMongo().db`` where it wants a ``Database``, and the client,
 collections, cursors, change streams and sessions it reaches from there are
 in-memory stand-ins. There is no wire protocol and no BSON round trip:
 documents are stored and returned as deep copies of the Python values written,
-so a value BSON would refuse or convert passes through unchanged.
+so a value BSON would refuse or convert passes through unchanged (a collection
+whose codec reads ``RawBSONDocument`` gets the BSON of those values).
+``tests.wire_mongo`` serves this engine at the wire, where pymongo's own
+networking, sessions and codecs run.
 
 It is a single database with an oplog: every write appends a change with an
 increasing ``clusterTime`` and a resume token, and change streams read that

@@ -15,6 +15,7 @@ from processor.config import Config
 from processor.loop import Processor
 from processor.metrics import Metrics
 from processor.runner import open_store
+from processor.stores.mongo import DriverEvents
 from tests.fake_mongo import Document, sample
 from tests.processor.harness import FAST, wait_until
 from tests.processor.wire_documents import event, subscription
@@ -103,3 +104,12 @@ def test_a_change_stream_read_the_driver_resumes_by_itself_is_counted(
     assert sample(metrics, "fc_stream_driver_resumes_total") == 1
     assert sample(metrics, "fc_stream_store_errors_total", operation="read") == 0, "the loop never saw it"
     assert sample(metrics, "fc_stream_primary_changes_total") == 0, "the same primary throughout"
+
+
+def test_the_driver_events_forget_the_streams_that_were_closed(wire: WireMongo) -> None:
+    events = DriverEvents(resumed=lambda: None, elected=lambda: None)
+    with wire.client(event_listeners=[events]) as client:
+        for _ in range(20):
+            with client[wire.engine.name]["events"].watch(max_await_time_ms=1) as stream:
+                stream.try_next()
+    assert events.streams_followed() == 0

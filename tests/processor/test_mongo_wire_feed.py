@@ -285,3 +285,30 @@ def test_a_catch_up_reads_the_collection_once_the_majority_point_reaches_the_new
         wait_until(lambda: while_down in jobs(database), DEADLINE, "the event inserted while away")
     second.close()
     releaser.join(timeout=DEADLINE)
+
+
+def test_a_catch_up_whose_first_read_fails_is_begun_again_not_skipped(
+    wire: WireMongo, database: Database[Document], tokens: Tokens, metrics: Metrics
+) -> None:
+    run_once(database, tokens)
+    while_down = publish(database)
+    database["elsewhere"].insert_one({"_id": 1})
+    wire.engine.truncate_oplog()
+    armed = threading.Event()
+
+    def fail_the_first_count(command: str, body: Document) -> None:
+        # The catch-up's count of undatable ids fails as a failover makes it: the
+        # read and the driver's retry of it.
+        counting = command == "aggregate" and "$not" in str(body.get("pipeline"))
+        if counting and not armed.is_set():
+            armed.set()
+            wire.fail_command("aggregate", close_connection=True, times=2, collection="events")
+
+    wire.when(fail_the_first_count)
+    second = MongoStore(database, tokens)
+    with Running(second, tokens, metrics):
+        after = publish(database)
+        wait_until(lambda: {while_down, after} <= jobs(database), DEADLINE, "the events away and after")
+    second.close()
+    assert armed.is_set()
+    assert sample(metrics, "fc_stream_lost_history_recoveries_total") == 1

@@ -17,6 +17,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from bson.son import SON
+from bson.timestamp import Timestamp
 from mockupdb import Request
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -262,7 +263,14 @@ class WireMongo:
         if not self.standalone:  # a standalone keeps no cluster time
             with self.lock:
                 now = self.engine.cluster_time()
-            reply["operationTime"] = now
+                through = self.engine.majority_through
+            # A majority read (a change stream is one) answers with the majority
+            # point, which may be behind the last write; others with the last write.
+            majority = (body.get("readConcern") or {}).get("level") == "majority" or _watches(body)
+            if majority and through is not None:
+                reply["operationTime"] = Timestamp(through >> 32, through & 0xFFFFFFFF)
+            else:
+                reply["operationTime"] = now
             reply["$clusterTime"] = {"clusterTime": now, "signature": {"hash": b"\0" * 20, "keyId": 0}}
         request.replies(reply)
         return True
@@ -780,6 +788,11 @@ def _position_of_token(token: Mapping[str, Any]) -> int:
     if position is None:
         raise CommandError(260, "invalid resume token")
     return position
+
+
+def _watches(body: Document) -> bool:
+    pipeline = body.get("pipeline") if "aggregate" in body else None
+    return isinstance(pipeline, list) and bool(pipeline) and "$changeStream" in pipeline[0]
 
 
 def _command_of(body: Document) -> str:

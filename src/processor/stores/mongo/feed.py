@@ -38,11 +38,14 @@ from processor.stores.mongo.checkpoint import Checkpoint
 from processor.stores.mongo.documents import (
     EVENTS,
     RAW,
+    STANDALONE,
     UNDECODABLE,
     Document,
     decode,
     decode_loosely,
     event_document,
+    just_after,
+    last_applied,
     order_of,
     unavailable_on_failure,
 )
@@ -74,10 +77,6 @@ def pipeline(max_event_bytes: int) -> list[Document]:
 # ChangeStreamHistoryLost, ChangeStreamFatalError (token not found), InvalidResumeToken, CappedPositionLost
 LOST_HISTORY = frozenset({286, 280, 260, 136})
 CHANGE_STREAM_NOT_SUPPORTED = 40573  # a standalone server: the start's check missed it, or it changed since
-STANDALONE = (
-    "FC_MONGO_URL names a server that serves no change stream (no operation time, or code 40573): "
-    "the processor needs a replica set or a mongos"
-)
 # How far producers' ObjectId clocks may be off the server's, and how long before
 # its insert an _id may be made (an outbox, a retry, a transaction up to 60 s):
 # a catch-up reads this much either side of the window the server's times give.
@@ -179,8 +178,7 @@ class MongoFeed:
         if token is None:
             # The stream takes changes at its start time too: the last write the
             # server knew of, which (an event inserted before the start) is past.
-            now = self._cluster_time()
-            start = Timestamp(now.time, now.inc + 1) if now.inc < 0xFFFFFFFF else Timestamp(now.time + 1, 0)
+            start = just_after(last_applied(self._database))
             self._stream = self._events.watch(self._pipeline, start_at_operation_time=start, **options)
             self._checkpoint = Checkpoint(None, start)
             return
@@ -194,7 +192,12 @@ class MongoFeed:
         # point to pass that time, so no write before the new stream's start is
         # missing from both (the last applied write can be ahead of the majority).
         self._session = self._database.client.start_session(causal_consistency=True)
-        start = self._cluster_time(self._session)
+        start = last_applied(self._database, self._session)
+        # Before the new stream: once it is open, nothing may fail until the catch-up
+        # is set, or a retried read would follow the stream as if caught up.
+        undated = since is not None and self._events.count_documents(
+            {"_id": {"$not": {"$type": "objectId"}}}, limit=1, session=self._session
+        )
         # The new stream first: whatever is inserted from here on, it sees.
         self._stream = self._events.watch(self._pipeline, start_at_operation_time=start, **options)
         if since is None:
@@ -212,9 +215,6 @@ class MongoFeed:
         low = since.as_datetime() - self._skew
         # ObjectId times are whole seconds: the bound is the first id of the next second.
         high = start.as_datetime() + self._skew + timedelta(seconds=1)
-        undated = self._events.count_documents(
-            {"_id": {"$not": {"$type": "objectId"}}}, limit=1, session=self._session
-        )
         log.warning(
             "the stored resume token is no longer in the oplog (%s): catching up from the events "
             "collection, events whose ObjectId _id dates them from %s to before %s, then following "
@@ -239,13 +239,6 @@ class MongoFeed:
             batch_size=1000,
             session=self._session,
         )
-
-    def _cluster_time(self, session: ClientSession | None = None) -> Timestamp:
-        reply = self._database.client.admin.command("ping", session=session)
-        operation_time = reply.get("operationTime")
-        if not isinstance(operation_time, Timestamp):
-            raise StoreMisconfigured(STANDALONE)
-        return operation_time
 
     def _stream_batch(self, max_events: int, max_wait: float, max_bytes: int) -> Batch:
         """What the stream has, up to the limits: closed at the first quiet read

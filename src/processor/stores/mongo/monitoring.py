@@ -31,10 +31,18 @@ class DriverEvents(monitoring.CommandListener, monitoring.ServerListener):
         self._reading: dict[int, int] = {}  # getMore request id -> its stream's cursor id
         self._primary: Hashable | None = None
 
+    def streams_followed(self) -> int:
+        """How many change stream cursors it knows open: those the driver has not closed."""
+        with self._lock:
+            return len(self._streams)
+
     # -- commands --
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "getMore":
+        if event.command_name == "killCursors":  # a stream closed
+            with self._lock:
+                self._streams.difference_update(event.command.get("cursors") or [])
+        elif event.command_name == "getMore":
             with self._lock:
                 cursor = event.command.get("getMore")
                 if cursor in self._streams:

@@ -50,6 +50,8 @@ from processor.stores.mongo.documents import (
     Document,
     decode,
     decode_loosely,
+    just_after,
+    last_applied,
     order_of,
     subscription_document,
     subscription_id,
@@ -132,8 +134,9 @@ class MongoSubscriptions:
             self._as_of = None
 
     def _load(self) -> None:
-        """Watch first, then read everything, in one causally consistent session: no
-        change can fall between the two. What is gone since the last load (a drop,
+        """Watch first, from a time, then read everything, in one causally consistent
+        session: no change can fall between the two, however far the majority
+        point lags the last write. What is gone since the last load (a drop,
         lost history) is reported deleted."""
         self.close()
         images = self._pre_and_post_images()
@@ -144,8 +147,11 @@ class MongoSubscriptions:
             stream = self._collection.watch(
                 full_document="required" if images else "updateLookup",
                 full_document_before_change="required" if images else None,
-                # From just after the feed's start point: startAtOperationTime is inclusive.
-                start_at_operation_time=None if as_of is None else Timestamp(as_of.time, as_of.inc + 1),
+                # From just after the feed's start point, or the last write applied
+                # (the find, in this session, then waits for the majority point to pass it).
+                start_at_operation_time=just_after(
+                    last_applied(self._database, session) if as_of is None else as_of
+                ),
                 max_await_time_ms=1,
                 session=session,
             )
