@@ -197,6 +197,18 @@ def test_where_images_cannot_be_turned_on_updates_carry_the_subscription_as_it_i
     assert any("changeStreamPreAndPostImages" in r.getMessage() for r in caplog.records)
 
 
+def restarted_from(
+    database: Database[Document], start: str, caplog: pytest.LogCaptureFixture
+) -> list[SubscriptionChange]:
+    """The subscription changes a store restarted from ``start`` hands out first, warnings captured."""
+    store = MongoStore(database, Tokens())
+    store.open_feed(start)
+    with caplog.at_level(logging.WARNING):
+        changes = store.subscription_changes()
+    store.close()
+    return changes
+
+
 def test_a_restart_over_writes_that_kept_no_images_loads_the_subscriptions_as_they_are_and_warns(
     wire: WireMongo, database: Database[Document], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -204,11 +216,7 @@ def test_a_restart_over_writes_that_kept_no_images_loads_the_subscriptions_as_th
     start = Checkpoint(None, wire.engine.cluster_time()).dumps()
     # Written before any start turned the images on: the server kept none of it.
     database["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
-    store = MongoStore(database, Tokens())
-    store.open_feed(start)
-    with caplog.at_level(logging.WARNING):
-        changes = store.subscription_changes()
-    store.close()
+    changes = restarted_from(database, start, caplog)
     assert shapes(changes) == [("sub", BILLING, True, -1)]
     assert any("image was not found" in r.getMessage() for r in caplog.records)
 
@@ -221,10 +229,6 @@ def test_a_restart_whose_start_left_the_oplog_loads_the_subscriptions_as_they_ar
     database["subscriptions"].update_one({"_id": "sub"}, {"$set": {"event_type_pattern": BILLING}})
     database["subscriptions"].insert_one(subscription("other", ORDERS))
     wire.engine.truncate_oplog()  # the update is gone from it
-    store = MongoStore(database, Tokens())
-    store.open_feed(start)
-    with caplog.at_level(logging.WARNING):
-        changes = store.subscription_changes()
-    store.close()
+    changes = restarted_from(database, start, caplog)
     assert sorted(shapes(changes)) == [("other", ORDERS, True, -1), ("sub", BILLING, True, -1)]
     assert any("history since the feed's start is gone" in r.getMessage() for r in caplog.records)
