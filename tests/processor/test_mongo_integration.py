@@ -21,6 +21,7 @@ from processor.metrics import Metrics
 from processor.stores.mongo import INDEXES, Checkpoint, MongoStore, ensure_indexes
 from tests.fake_mongo import Document, Running, Tokens, sample
 from tests.processor.harness import wait_until
+from tests.processor.wire_documents import subscription
 
 URL = os.environ.get("FC_TEST_MONGO_URL")
 pytestmark = pytest.mark.skipif(
@@ -52,17 +53,7 @@ def db(fresh: Database[Document]) -> Database[Document]:
 
 
 def subscribe(db: Database[Document], id: str, pattern: str = "*:*:*:*") -> str:
-    db["subscriptions"].insert_one(
-        {
-            "_id": id,
-            "client_id": "acme",
-            "name": f"subscription {id}",
-            "event_type_pattern": pattern,
-            "target": "https://hooks.example.com/in",
-            "pool_code": "default",
-            "active": True,
-        }
-    )
+    db["subscriptions"].insert_one(subscription(id, pattern))
     return id
 
 

@@ -1,4 +1,4 @@
-"""What other services write, as the wire tests write it: events, subscriptions,
+"""What other services write, as the MongoDB tests write it: events, subscriptions,
 and documents in BSON that pymongo refuses to decode."""
 
 from __future__ import annotations
