@@ -389,4 +389,9 @@ class MongoFeed:
 
 
 def _identifier(raw: RawBSONDocument) -> Any:
-    return decode_loosely(raw)["_id"]
+    """A stored document's ``_id``: read from its top level alone (its fields
+    nested stay bytes), and loosely only when that level cannot be decoded."""
+    try:
+        return raw["_id"]
+    except UNDECODABLE:
+        return decode_loosely(raw)["_id"]
