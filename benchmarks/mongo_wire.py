@@ -329,6 +329,40 @@ def read_samples(path: Path) -> tuple[Counter[str], Counter[str], int]:
     return own, within, total
 
 
+def floor(total: int) -> dict[str, float]:
+    """CPU per event of ``benchmarks.mongo_floor``: reading only, then reading and
+    writing the jobs; each in a child of its own on a server of its own."""
+    found = {}
+    for mode in ("read", "write"):
+        with WireMongo() as wire:
+            arguments = [wire.uri, wire.engine.name, str(total), mode]
+            child = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.mongo_floor", *arguments],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready", "the floor's child did not start"
+            wire.engine.database["events"].insert_many(list(events(total, seed=3)))
+            output, _ = child.communicate(timeout=600)
+            assert child.returncode == 0, output
+            found[mode] = float(output.split()[-1]) * 1e-6
+            wire.check()
+    return found
+
+
+def print_floor(found: dict[str, float], total: int) -> None:
+    print(
+        f"\nthe floor, pymongo alone ({total:,} events, batches of {BATCH_SIZE}, benchmarks/mongo_floor.py):"
+    )
+    print(f"  reading and decoding the change events  {found['read'] * 1e6:>8.1f} us per event")
+    below = found["write"] < CPU_TARGET
+    print(
+        f"  and inserting their two jobs            {found['write'] * 1e6:>8.1f} us per event"
+        f"  (the target, {CPU_TARGET * 1e6:.0f} us, is {'above' if below else 'below'} it)"
+    )
+
+
 def show_samples(path: Path, per_event: float, lines: int) -> None:
     own, within, total = read_samples(path)
     if not total:
@@ -365,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=INTERVAL, help="seconds between two of them")
     parser.add_argument("--profile", action="store_true", help="sample the child with py-spy in the backlog")
     parser.add_argument("--lines", type=int, default=25, help="entries of each profile table")
+    parser.add_argument("--floor", action="store_true", help="also measure pymongo's own floor")
     options = parser.parse_args(argv)
     spy = py_spy() if options.profile else None
     print(f"fc-stream-processor ({' '.join(command())}) on the wire server, on {machine()}")
@@ -377,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             print_backlog(found, options.events)
             if spy is not None:
                 show_samples(workdir / "spy.txt", found["per event"], options.lines)
+    if options.floor:
+        print_floor(floor(options.events or EVENTS), options.events or EVENTS)
     return 0
 
 

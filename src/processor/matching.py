@@ -42,7 +42,7 @@ class SubscriptionMatcher:
         it is skipped with an error log (and dropped), and the others keep working."""
         if change.document is None:
             self.discard(change.subscription_id)
-            return True
+            return change.problem is None  # the store that could not read it logged why
         try:
             self.put(Subscription.model_validate(change.document))
         except ValidationError as error:

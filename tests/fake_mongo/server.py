@@ -15,6 +15,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
+from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.results import BulkWriteResult, DeleteResult, InsertManyResult, InsertOneResult, UpdateResult
@@ -225,10 +226,18 @@ class FakeDatabase:
         raw = codec_options is not None and codec_options.document_class is RawBSONDocument
         return FakeCollection(self._server, self, name, raw=raw)
 
-    def command(self, command: Mapping[str, Any], **options: Any) -> Document:
+    def command(
+        self, command: str | Mapping[str, Any], value: Any = None, session: Any = None, **fields: Any
+    ) -> Document:
         """``collMod`` and ``create`` with ``changeStreamPreAndPostImages``, as MongoDB 6.0
-        answers them (the store turns images on for its subscriptions' stream)."""
+        answers them (the store turns images on for its subscriptions' stream);
+        ``insert`` and ``update`` as the bulk writes they are."""
+        if isinstance(command, str):
+            command = {command: value, **fields}
         name, collection = next(iter(command.items()))
+        if name in ("insert", "update"):
+            options = {k: v for k, v in command.items() if k != name}
+            return self._write_command(name, collection, session, **options)
         self._server.enter(name, collection)
         if set(command) - {name, "changeStreamPreAndPostImages"} or name not in ("collMod", "create"):
             raise NotImplementedError(f"command {dict(command)}")
@@ -244,6 +253,26 @@ class FakeDatabase:
             if images is not None:
                 self._server.collection_data(collection).pre_and_post_images = bool(images["enabled"])
         return {"ok": 1.0}
+
+    def _write_command(
+        self, name: str, collection: str, session: Any, ordered: bool = True, **fields: Any
+    ) -> Document:
+        if name == "insert":
+            requests: list[Any] = [InsertOne(d) for d in fields.pop("documents")]
+        elif name == "update":
+            requests = [
+                UpdateOne(u.pop("q"), u.pop("u"), upsert=u.pop("upsert", False))
+                for u in fields.pop("updates")
+            ]
+        else:
+            raise NotImplementedError(f"command {name}")
+        if fields:
+            raise NotImplementedError(f"command {name} with {sorted(fields)}")
+        try:
+            result = self[collection].bulk_write(requests, ordered=ordered, session=session)
+        except BulkWriteError as error:
+            return {"ok": 1.0, "writeErrors": error.details["writeErrors"]}
+        return {"ok": 1.0, "n": result.inserted_count + result.matched_count + result.upserted_count}
 
 
 class FakeCollection:

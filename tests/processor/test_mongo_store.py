@@ -16,7 +16,7 @@ from typing import Any
 import bson
 import pytest
 from bson import Decimal128, ObjectId, json_util
-from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from processor.jobs import create_jobs, job_id
 from processor.loop import Processor
@@ -411,23 +411,6 @@ def test_a_catch_up_interrupted_by_a_network_error_goes_on_where_it_stopped(
 # -- network errors ----------------------------------------------------------------------
 
 
-def test_network_errors_are_retried_with_backoff_and_lose_nothing(
-    fake: FakeMongo, mongo: MongoStore, tokens: Tokens, metrics: Metrics
-) -> None:
-    subscribe(fake, "all")
-    fake.fail_next("watch", AutoReconnect("no primary"), times=3, collection="events")
-    with Running(mongo, tokens, metrics):
-        first = publish(fake)
-        wait_until(lambda: job_count(fake) == 1)
-        fake.fail_next("try_next", NetworkTimeout("timed out"), times=2, collection="events")
-        wait_until(lambda: sample(metrics, "fc_stream_store_errors_total", operation="read") == 5)
-        more = publish_many(fake, 3)
-        wait_until(lambda: job_count(fake) == 4)
-    assert jobs(fake) == {(e, "all") for e in [first, *more]}
-    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
-    assert sample(metrics, "fc_stream_events_processed_total") == 4
-
-
 def test_an_error_in_the_middle_of_a_batch_loses_nothing(
     fake: FakeMongo, metrics: Metrics, stepper: Stepper
 ) -> None:
@@ -439,22 +422,6 @@ def test_an_error_in_the_middle_of_a_batch_loses_nothing(
     stepper.step()
     assert jobs(fake) == {(e, "all") for e in events}
     assert sample(metrics, "fc_stream_events_processed_total") == 4
-    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
-
-
-def test_a_stream_that_died_is_reopened_after_the_last_token(
-    fake: FakeMongo, metrics: Metrics, stepper: Stepper
-) -> None:
-    subscribe(fake, "all")
-    stepper.step()
-    watched = fake.calls["watch"]
-    missed = publish(fake)
-    fake.close_streams("events")  # the server killed the cursor (failover, invalidation...)
-    stepper.step()
-    assert fake.calls["watch"] == watched + 1
-    later = publish(fake)
-    stepper.step()
-    assert jobs(fake) == {(missed, "all"), (later, "all")}
     assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
 
 

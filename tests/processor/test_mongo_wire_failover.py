@@ -80,10 +80,12 @@ def test_a_primary_stepping_down_mid_batch_leaves_every_due_job_exactly_once(
     )
     events = publish(database, 5)
     due = sorted((event, subscription) for event in events for subscription in ("a", "b"))
-    wait_until(lambda: len(jobs(database)) >= len(due), DEADLINE, "the jobs")
+    # The metrics are counted once the commit returns, after the jobs are visible.
+    created = "fc_stream_dispatch_jobs_created_total"
+    wait_until(lambda: sample(metrics, created) >= len(due), DEADLINE, "the jobs counted")
     wait_until(lambda: sample(metrics, "fc_stream_primary_changes_total") == 1, DEADLINE, "the election seen")
     assert sorted(jobs(database)) == due, "each once"
-    assert sample(metrics, "fc_stream_dispatch_jobs_created_total") == len(due)
+    assert sample(metrics, created) == len(due)
     assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
 
 
@@ -99,11 +101,32 @@ def test_a_change_stream_read_the_driver_resumes_by_itself_is_counted(
     else:
         wire.fail_command("getMore", close_connection=True, collection="events")
     events = publish(database, 3)
-    wait_until(lambda: len(jobs(database)) == 3, DEADLINE, "the jobs")
+    wait_until(lambda: sample(metrics, "fc_stream_events_processed_total") == 3, DEADLINE, "the events")
     assert sorted(jobs(database)) == sorted((event, "a") for event in events)
     assert sample(metrics, "fc_stream_driver_resumes_total") == 1
     assert sample(metrics, "fc_stream_store_errors_total", operation="read") == 0, "the loop never saw it"
     assert sample(metrics, "fc_stream_primary_changes_total") == 0, "the same primary throughout"
+
+
+def test_a_stream_whose_resumes_meet_dropped_connections_too_loses_nothing_and_doubles_nothing(
+    wire: WireMongo, database: Database[Document], metrics: Metrics, processing: Processor
+) -> None:
+    subscribe(database, "a")
+    first = publish(database, 2)
+    wait_until(lambda: len(jobs(database)) == 2, DEADLINE, "the first jobs")
+    # The connection drops at a getMore, then at the driver's resume, its retry
+    # and the loop's reopening: whichever of them gives up, the next one resumes
+    # after the last event handed out.
+    wire.fail_command("aggregate", close_connection=True, times=3, collection="events")
+    wire.fail_command("getMore", close_connection=True, collection="events")
+    later = publish(database, 3)
+    wait_until(
+        lambda: sample(metrics, "fc_stream_events_processed_total") == 5,
+        DEADLINE,
+        "the later events processed",
+    )
+    assert sorted(jobs(database)) == sorted((event, "a") for event in first + later)
+    assert sample(metrics, "fc_stream_duplicate_jobs_suppressed_total") == 0
 
 
 def test_the_driver_events_forget_the_streams_that_were_closed(wire: WireMongo) -> None:

@@ -16,7 +16,7 @@ from bson import ObjectId, json_util
 from pymongo.database import Database
 
 from processor.metrics import Metrics
-from processor.models import MAX_DEAD_LETTER_RAW
+from processor.models import MAX_DEAD_LETTER_RAW, PENDING, DispatchJob
 from processor.projections import Tally
 from processor.stores.mongo import CATCH_UP_SKEW, MARKS_PER_TRANSACTION, Checkpoint, MongoFeed, MongoStore
 from tests.fake_mongo import Document, Running, Tokens, sample
@@ -163,6 +163,40 @@ def test_a_large_tally_is_counted_in_transactions_of_bounded_size_and_exactly_on
     assert max(marks_read) <= MARKS_PER_TRANSACTION and len(marks_read) == 4
     counted = database["event_type_counts"].find_one({"_id": SHIPPED})
     assert counted is not None and counted["count"] == len(events)
+
+
+def test_a_batch_and_its_jobs_are_counted_in_one_transaction(
+    wire: WireMongo, database: Database[Document], tokens: Tokens
+) -> None:
+    store = MongoStore(database, tokens)
+    store.fence(1, "test")
+    moment = datetime(2024, 5, 1, tzinfo=UTC)
+    events = [(n, str(ObjectId()), SHIPPED, "acme", moment) for n in range(100)]
+    jobs = [
+        DispatchJob(
+            f"job-{e[1]}-{n}",
+            e[1],
+            f"s{n}",
+            "acme",
+            PENDING,
+            "https://x.example",
+            "p",
+            moment,
+            0,
+            None,
+            None,
+            moment,
+        )
+        for e in events
+        for n in (1, 2)
+    ]
+    started: list[str] = []
+    wire.when(lambda command, body: started.append(command) if body.get("startTransaction") else None)
+    store.count(Tally(events, jobs, None))
+    store.close()
+    assert len(started) == 1
+    stats = database["subscription_stats"].find_one({"_id": "s1"})
+    assert stats is not None and stats["jobs_created"] == 100
 
 
 # -- the stream's own position, and its end -----------------------------------------------

@@ -5,6 +5,7 @@ BSON as other drivers write it, pre- and post-images, history that left the oplo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Iterator
 
@@ -12,10 +13,13 @@ import pytest
 from bson.timestamp import Timestamp
 from pymongo.database import Database
 
-from processor.stores.base import SubscriptionChange
-from processor.stores.mongo import Checkpoint, MongoStore
-from tests.fake_mongo import Document, Tokens
-from tests.processor.wire_documents import UNDECODABLE, subscription, undecodable
+from processor.loop import Processor
+from processor.metrics import Metrics
+from processor.stores.base import StoreUnavailable, SubscriptionChange
+from processor.stores.mongo import Checkpoint, MongoStore, MongoSubscriptions
+from tests.fake_mongo import Document, Tokens, sample
+from tests.processor.harness import FAST
+from tests.processor.wire_documents import UNDECODABLE, event, subscription, undecodable
 from tests.wire_mongo import WireMongo
 
 UNAUTHORIZED = 13
@@ -33,6 +37,11 @@ def store(database: Database[Document]) -> Iterator[MongoStore]:
 def held(changes: list[SubscriptionChange]) -> dict[str, Document | None]:
     """Each subscription as the changes leave it: None, deleted or skipped."""
     return {change.subscription_id: change.document for change in changes}
+
+
+def problems(changes: list[SubscriptionChange]) -> dict[str, str | None]:
+    """Why the store could not read each subscription, None where it could."""
+    return {change.subscription_id: change.problem for change in changes}
 
 
 def shapes(changes: list[SubscriptionChange]) -> list[tuple[str, str | None, bool | None, int]]:
@@ -102,7 +111,7 @@ def test_a_subscription_pymongo_cannot_decode_is_skipped_and_the_others_load(
         changes = store.subscription_changes()
     loaded = held(changes)
     assert loaded["before"] is not None and loaded["after"] is not None
-    assert loaded.get("bad") is None
+    assert loaded["bad"] is None and "cannot be decoded" in (problems(changes)["bad"] or "")
     assert any("'bad'" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
 
 
@@ -120,9 +129,60 @@ def test_a_subscription_pymongo_cannot_decode_in_the_stream_is_skipped_and_the_o
     database["subscriptions"].insert_one(subscription("after"))
     with caplog.at_level(logging.ERROR):
         changes = store.subscription_changes()
-    assert held(changes).get("bad") is None
+    assert held(changes)["bad"] is None and "cannot be decoded" in (problems(changes)["bad"] or "")
     assert held(changes)["after"] is not None
     assert any("'bad'" in r.getMessage() and "cannot be decoded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_subscription_pymongo_cannot_decode_counts_as_invalid_and_the_others_match(
+    wire: WireMongo, database: Database[Document], store: MongoStore, metrics: Metrics
+) -> None:
+    store.fence(1, "test")
+    feed = store.open_feed(None)
+    assert feed.next_batch(10, 0.01).entries == []  # the stream opens at the current point
+    wire.insert_raw("subscriptions", undecodable(subscription("bad"), UNDECODABLE[0]))
+    database["subscriptions"].insert_one(subscription("good"))
+    database["events"].insert_one(event())
+    processor = Processor(store, FAST, metrics)
+    report = processor.process(feed.next_batch(10, 1.0))
+    assert [job.subscription_id for job in report.created] == ["good"]
+    assert sample(metrics, "fc_stream_subscriptions_invalid_total") == 1
+
+
+# -- through a mongos: a quiet read is not caught up ---------------------------------------------
+
+
+def test_a_subscription_held_in_a_mongos_merge_is_read_before_the_event_written_after_it(
+    wire: WireMongo, database: Database[Document], store: MongoStore
+) -> None:
+    feed = store.open_feed(None)
+    assert feed.next_batch(10, 0.01).entries == []  # the stream opens at the current point
+    assert store.subscription_changes() == []
+    database["subscriptions"].insert_one(subscription("new"))
+    database["events"].insert_one(event())
+    batch = feed.next_batch(10, 1.0)
+    assert len(batch.entries) == 1
+    wire.merge_lags("subscriptions", getmores=3)
+    changes = store.subscription_changes()
+    assert held(changes)["new"] is not None
+    assert changes[0].effective_after < batch.entries[0].order
+
+
+def test_a_subscriptions_stream_that_stays_behind_the_events_gives_up_to_be_retried(
+    wire: WireMongo, database: Database[Document]
+) -> None:
+    ticks = itertools.count()
+    subscriptions = MongoSubscriptions(database, clock=lambda: next(ticks) * 0.5)
+    subscriptions.start(None)
+    assert subscriptions.changes() == []
+    database["subscriptions"].insert_one(subscription("new"))
+    through = wire.engine.cluster_time()
+    wire.merge_lags("subscriptions", getmores=1_000)
+    with pytest.raises(StoreUnavailable, match="before the events read"):
+        subscriptions.changes(through)
+    wire.merge_lags("subscriptions", getmores=0)
+    assert held(subscriptions.changes(through))["new"] is not None
+    subscriptions.close()
 
 
 # -- pre- and post-images: each change as it left the subscription ---------------------------

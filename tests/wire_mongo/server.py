@@ -106,6 +106,7 @@ class Cursor:
     stream: FakeChangeStream | None = None
     held: Document | None = None  # a change read and not sent: it goes first next time
     sent_token: Document | None = None  # the token of the last change sent
+    answered_token: Document | None = None  # the post-batch resume token of the last reply
 
 
 @dataclass
@@ -137,6 +138,7 @@ class WireMongo:
         self._sessions = Sessions()
         self._raw: dict[tuple[str, Any], bytes] = {}
         self._shard_keys: dict[str, Document] = {}
+        self._merges_held: Counter[str] = Counter()  # by collection: getMores a mongos answers empty
         self._election = ObjectId()
         self._watchers: list[Callable[[str, Document], None]] = []
         self._listener = Listener(self._answer)
@@ -225,6 +227,15 @@ class WireMongo:
         """Shard ``collection`` on ``key``, as mongos would: a unique index must then begin with it."""
         with self.lock:
             self._shard_keys[collection] = dict(key)
+
+    def merge_lags(self, collection: str, getmores: int) -> None:
+        """The next ``getmores`` getMores of change streams on ``collection`` answer
+        no change and the post-batch token of the reply before, as a mongos does
+        while a shard has not answered within ``maxAwaitTimeMS``: changes already
+        committed are held in its merge, and an empty batch does not mean caught up.
+        Replaces what an earlier call left: 0 ends it."""
+        with self.lock:
+            self._merges_held[collection] = getmores
 
     def insert_raw(self, collection: str, raw: bytes) -> None:
         """Store a document exactly as its BSON bytes say, as another driver may
@@ -551,6 +562,20 @@ class WireMongo:
             raise CommandError(43, f"cursor id {body['getMore']} not found")
         batch_size = body.get("batchSize") or 101
         if cursor.stream is not None:
+            with self.lock:
+                held = self._merges_held[cursor.collection] > 0
+                if held:
+                    self._merges_held[cursor.collection] -= 1
+            if held:
+                token = cursor.answered_token
+                return {
+                    "cursor": {
+                        "id": body["getMore"],
+                        "ns": cursor.namespace,
+                        "nextBatch": [],
+                        "postBatchResumeToken": token,
+                    }
+                }
             wait = min(body.get("maxTimeMS", 1000) / 1000, AWAIT_CAP)
             return self._stream_reply(cursor, batch_size, wait=wait, first=False, cursor_id=body["getMore"])
         return self._next_batch(cursor, batch_size, body["getMore"])
@@ -743,6 +768,7 @@ class WireMongo:
                 size += change_size
                 cursor.sent_token = change["_id"]
             token = cursor.sent_token if cursor.held is not None else stream.resume_token
+            cursor.answered_token = token
             alive = stream.alive or cursor.held is not None
         number = cursor_id or (self._keep(cursor) if alive else 0)
         if not alive and cursor_id:

@@ -99,8 +99,11 @@ class SubscriptionChange:
     """
 
     subscription_id: str
-    document: dict[str, Any] | None  # None: deleted
+    document: dict[str, Any] | None  # None: deleted, or unreadable (``problem``)
     effective_after: int
+    # Why the stored subscription could not be read at all (bytes no decoder
+    # takes), said by the store: it applies as a deletion and counts as invalid.
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from processor.stores.mongo.indexes import INDEXES, MARKS_KEPT_SECONDS, ensure_i
 from processor.stores.mongo.monitoring import DriverEvents
 from processor.stores.mongo.startup import prepare, require_replica_set
 from processor.stores.mongo.store import MARKS_PER_TRANSACTION, MongoStore
+from processor.stores.mongo.subscriptions import MongoSubscriptions
 from processor.stores.mongo.tokens import MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MemoryTokenStore",
     "MongoFeed",
     "MongoStore",
+    "MongoSubscriptions",
     "RedisTokenStore",
     "TokenStore",
     "ensure_indexes",

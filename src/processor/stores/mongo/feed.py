@@ -136,6 +136,9 @@ class MongoFeed:
         self._catch_up_from: Document = {}  # the bound of _id after what was handed out
         self._catch_up_until: ObjectId | None = None
         self._warned_unrecoverable = False
+        # The cluster time of the last event the stream handed out: subscriptions
+        # are read at least that far (a catch-up's times are producers' clocks).
+        self.streamed_through: Timestamp | None = None
 
     # -- the change stream -------------------------------------------------
 
@@ -271,6 +274,7 @@ class MongoFeed:
                 log.warning("the events collection was dropped or renamed: following the new one")
                 break
             cluster_time = change.get("clusterTime", cluster_time)
+            self.streamed_through = cluster_time
             entry, size = self._entry(
                 change.get("fullDocument"),
                 change.get("size") or 0,

@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import pymongo
-from pymongo import InsertOne, UpdateOne
+from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from processor.jobs import job_id
 from processor.models import DeadLetter, DispatchJob, FilterFailure
@@ -89,6 +89,7 @@ class MongoStore:
         self._max_event_bytes = max_event_bytes
         self._tokens = tokens
         self._subscriptions = MongoSubscriptions(database)
+        self._feed: MongoFeed | None = None  # the last opened: its events' time bounds the subscriptions read
         self._jobs = database[JOBS]
         self._checkpoints = database[CHECKPOINTS]
         self._checkpoint_key = checkpoint_key
@@ -142,15 +143,16 @@ class MongoStore:
         # where it resumes: at (or after) the checkpoint's cluster time.
         self._subscriptions.start(None if checkpoint is None else checkpoint.cluster_time)
         self._inserted_before_failure.clear()
-        return MongoFeed(
+        self._feed = MongoFeed(
             self.database,
             checkpoint,
             max_event_bytes=self._max_event_bytes,
             skew=self._catch_up_skew,
         )
+        return self._feed
 
     def subscription_changes(self) -> list[SubscriptionChange]:
-        return self._subscriptions.changes()
+        return self._subscriptions.changes(None if self._feed is None else self._feed.streamed_through)
 
     def fence(self, epoch: int, holder: str) -> None:
         self._epoch, self._holder = epoch, holder  # what the claim checks, and writes
@@ -291,9 +293,8 @@ class MongoStore:
             (j for j in jobs if _first(f"job:{j.id}", counted)),
         )
         now = datetime.now(UTC)
-        new = [InsertOne({"_id": key, "at": now}) for key in dict.fromkeys(keys) if key not in seen]
-        if new:
-            marks.bulk_write(new, ordered=False, session=session)
+        new = [{"_id": key, "at": now} for key in dict.fromkeys(keys) if key not in seen]
+        _write(self.database, session, "insert", PROJECTION_MARKS, documents=new)
         self._apply(delta, session)
 
     def _transaction(self, callback: Callable[[ClientSession], None]) -> None:
@@ -304,43 +305,48 @@ class MongoStore:
             session.with_transaction(callback)
 
     def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
-        for name, writes in (
-            (
-                EVENT_TYPE_COUNTS,
-                [
-                    UpdateOne({"_id": t}, {"$inc": {"count": n}}, upsert=True)
-                    for t, n in delta.event_types.items()
-                ],
-            ),
-            (
-                SUBSCRIPTION_STATS,
-                [
-                    UpdateOne(
-                        {"_id": key},
-                        {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
-                        upsert=True,
-                    )
-                    for key, jobs, last in delta.subscription_rows()
-                ],
-            ),
-            (
-                CLIENT_ACTIVITY,
-                [
-                    UpdateOne(
-                        {"_id": key},
-                        {"$inc": {"events": events, "jobs": jobs}}
-                        | ({"$max": {"last_event_time": last}} if last else {}),
-                        upsert=True,
-                    )
-                    for key, events, jobs, last in delta.client_rows()
-                ],
-            ),
-        ):
-            if writes:
-                self.database[name].bulk_write(writes, ordered=False, session=session)
+        events = [
+            {"q": {"_id": t}, "u": {"$inc": {"count": n}}, "upsert": True}
+            for t, n in delta.event_types.items()
+        ]
+        subscriptions = [
+            {
+                "q": {"_id": key},
+                "u": {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
+                "upsert": True,
+            }
+            for key, jobs, last in delta.subscription_rows()
+        ]
+        clients = [
+            {
+                "q": {"_id": key},
+                "u": {"$inc": {"events": events, "jobs": jobs}}
+                | ({"$max": {"last_event_time": last}} if last else {}),
+                "upsert": True,
+            }
+            for key, events, jobs, last in delta.client_rows()
+        ]
+        _write(self.database, session, "update", EVENT_TYPE_COUNTS, updates=events)
+        _write(self.database, session, "update", SUBSCRIPTION_STATS, updates=subscriptions)
+        _write(self.database, session, "update", CLIENT_ACTIVITY, updates=clients)
 
     def close(self) -> None:
         self._subscriptions.close()
+
+
+def _write(
+    database: Database[Document], session: ClientSession, command: str, name: str, **items: list[Document]
+) -> None:
+    """One write command of a transaction, sent as it is: pymongo's bulk API
+    makes an object, a validation and a batch of each write, several times
+    the cost of the write on the wire, and a transaction has no use for its
+    splitting and retries (a part stays far under 16 MB, the transaction is
+    retried as a whole). A write error, returned with ``ok: 1``, is raised."""
+    if not any(items.values()):
+        return
+    reply = database.command({command: name, **items, "ordered": False}, session=session)
+    if errors := reply.get("writeErrors"):
+        raise OperationFailure(errors[0].get("errmsg", "a write failed"), errors[0].get("code"), reply)
 
 
 def _first(key: str, counted: set[str]) -> bool:
@@ -352,9 +358,10 @@ def _first(key: str, counted: set[str]) -> bool:
 
 
 def _parts(events: list[EventKey], jobs: list[DispatchJob]) -> list[tuple[list[EventKey], list[DispatchJob]]]:
-    """The tally in parts of at most ``MARKS_PER_TRANSACTION`` marks; one empty part for an empty tally."""
-    size = MARKS_PER_TRANSACTION
-    parts: list[tuple[list[EventKey], list[DispatchJob]]]
-    parts = [(events[n : n + size], []) for n in range(0, len(events), size)]
-    parts += [([], jobs[n : n + size]) for n in range(0, len(jobs), size)]
-    return parts or [([], [])]
+    """The tally in parts of at most ``MARKS_PER_TRANSACTION`` marks, events and
+    jobs together (a batch is one transaction); one empty part for an empty tally."""
+    size, parts = MARKS_PER_TRANSACTION, []
+    for start in range(0, max(len(events) + len(jobs), 1), size):
+        end = start + size
+        parts.append((events[start:end], jobs[max(start - len(events), 0) : max(end - len(events), 0)]))
+    return parts

@@ -28,7 +28,9 @@ load as usual.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+import time
+from collections.abc import Callable
+from typing import cast
 
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -40,6 +42,7 @@ from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 
 from processor.stores.base import (
+    StoreUnavailable,
     SubscriptionChange,
 )
 from processor.stores.mongo.documents import (
@@ -57,7 +60,7 @@ from processor.stores.mongo.documents import (
     subscription_id,
     unavailable_on_failure,
 )
-from processor.stores.mongo.feed import LOST_HISTORY
+from processor.stores.mongo.feed import LOST_HISTORY, time_of_token
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ NO_MATCHING_DOCUMENT = 47  # a change stream's required pre- or post-image is mi
 IMAGES: Document = {"changeStreamPreAndPostImages": {"enabled": True}}
 ENDINGS = frozenset({"drop", "rename", "dropDatabase", "invalidate"})  # the stream is over
 WRITES = frozenset({"insert", "update", "replace", "delete"})
+# How long a drain reads a stream that is behind the events' time (a mongos's
+# merge waiting on a shard) before it gives up, to be retried with backoff.
+DRAIN_SECONDS = 5.0
 
 
 class _Ended(Exception):
@@ -75,8 +81,9 @@ class _Ended(Exception):
 class MongoSubscriptions:
     """Subscriptions loaded once, then kept current by their own change stream."""
 
-    def __init__(self, database: Database[Document]) -> None:
+    def __init__(self, database: Database[Document], clock: Callable[[], float] = time.monotonic) -> None:
         self._database = database
+        self._clock = clock
         # pymongo types the collection by the database's documents, whatever the codec says.
         self._collection = cast(
             "Collection[RawBSONDocument]",
@@ -96,12 +103,14 @@ class MongoSubscriptions:
         self._as_of = as_of
         self._images = None  # tried again: they may have been turned on since
 
-    def changes(self) -> list[SubscriptionChange]:
+    def changes(self, through: Timestamp | None = None) -> list[SubscriptionChange]:
+        """Every change committed so far, and at least those up to ``through``
+        (the cluster time of the last event read)."""
         with unavailable_on_failure("subscriptions"):
             if self._stream is None or not self._stream.alive:
-                self._reload()
+                self._reload(through)
             else:
-                self._drain()
+                self._drain(through)
         changes, self._read = self._read, []
         return changes
 
@@ -112,12 +121,12 @@ class MongoSubscriptions:
             self._known.add(change.subscription_id)
         self._read.append(change)
 
-    def _reload(self) -> None:
+    def _reload(self, through: Timestamp | None) -> None:
         """Load them; as they are now, applying to every event, where a load as of the
         feed's start lacks what it needs (images, the history back to the start)."""
         while True:
             try:
-                self._load()
+                self._load(through)
                 return
             except _Ended:
                 log.warning("the subscriptions collection was dropped or renamed since the feed's start")
@@ -133,7 +142,7 @@ class MongoSubscriptions:
             log.warning("subscriptions are loaded as they are now, and apply to every event")
             self._as_of = None
 
-    def _load(self) -> None:
+    def _load(self, through: Timestamp | None) -> None:
         """Watch first, from a time, then read everything, in one causally consistent
         session: no change can fall between the two, however far the majority
         point lags the last write. What is gone since the last load (a drop,
@@ -155,7 +164,8 @@ class MongoSubscriptions:
                 max_await_time_ms=1,
                 session=session,
             )
-            standing = dict(self._decoded(d) for d in self._collection.find(session=session))
+            found = map(_stored, self._collection.find(session=session))
+            standing: dict[str, SubscriptionChange | None] = {s.subscription_id: s for s in found}
             since: list[SubscriptionChange] = []
             if as_of is not None:
                 # Read after the find, the stream passes every change the find saw:
@@ -177,28 +187,42 @@ class MongoSubscriptions:
             raise
         self._stream, self._session = stream, session
         self._read = []  # superseded by the load
-        present = {key for key, document in standing.items() if document is not None}
+        present = {key for key, stood in standing.items() if stood is not None}
         for gone in sorted(self._known - present):
             self._add(SubscriptionChange(gone, None, -1))
-        for key, document in standing.items():
-            if document is not None:
-                self._add(SubscriptionChange(key, document, -1))
+        for stood in standing.values():
+            if stood is not None:
+                self._add(stood)
         for handed in since:
             self._add(handed)
         self._as_of = None  # reached: a later load is of the subscriptions as they are then
-        self._drain()
+        self._drain(through)
 
-    def _drain(self) -> None:
+    def _drain(self, through: Timestamp | None) -> None:
         """Every change committed so far: the stream reads up to the majority commit
-        point, which is past every event already read."""
+        point, which is past every event already read. Through a mongos, a quiet
+        read only says that no shard answered in time: the stream is read until
+        its token passes ``through``, for ``DRAIN_SECONDS`` at most."""
         assert self._stream is not None
+        gives_up = self._clock() + DRAIN_SECONDS
         try:
-            while (change := self._stream.try_next()) is not None:
-                read = self._change(change)
-                if read is not None:
-                    self._add(read[0])
+            while True:
+                change = self._stream.try_next()
+                if change is not None:
+                    read = self._change(change)
+                    if read is not None:
+                        self._add(read[0])
+                    continue
+                reached = time_of_token(self._stream.resume_token)
+                if through is None or reached is None or reached >= through:
+                    return
+                if self._clock() >= gives_up:
+                    raise StoreUnavailable(
+                        f"the subscriptions' change stream is at {reached}, before the events read "
+                        f"(at {through}): a mongos waiting on a shard"
+                    )
         except _Ended:
-            self._reload()
+            self._reload(through)
         except OperationFailure as error:
             if error.code == NO_MATCHING_DOCUMENT and self._images:
                 self._without_images(error)
@@ -208,9 +232,9 @@ class MongoSubscriptions:
                 )
             else:
                 raise
-            self._reload()
+            self._reload(through)
 
-    def _change(self, change: RawBSONDocument) -> tuple[SubscriptionChange, Document | None] | None:
+    def _change(self, change: RawBSONDocument) -> tuple[SubscriptionChange, SubscriptionChange | None] | None:
         """A change as handed out, with the subscription as the change found it (its
         pre-image; None when it was nowhere or is unknown); None for an event that
         changes no subscription. Raises ``_Ended`` for one that ends the stream."""
@@ -220,31 +244,15 @@ class MongoSubscriptions:
         if operation not in WRITES:
             return None
         key = subscription_id(decode_loosely(change["documentKey"]))
-        after = None if operation == "delete" else self._document(change.get("fullDocument"))
-        before = self._document(change.get("fullDocumentBeforeChange"))
-        return SubscriptionChange(key, after, order_of(change["clusterTime"])), before
-
-    @staticmethod
-    def _decoded(raw: RawBSONDocument) -> tuple[str, Document | None]:
-        """A stored subscription's id, and the subscription as the contract has it;
-        None (logged) when its bytes cannot be decoded: the matcher keeps none of it
-        then, and drops a version it held."""
-        try:
-            decoded = decode(raw)
-        except UNDECODABLE as error:
-            problem = f"cannot be decoded as BSON ({error})"
-        else:
-            try:
-                return subscription_id(decoded), subscription_document(decoded)
-            except (TypeError, ValueError) as error:
-                problem = f"cannot be read as JSON ({error})"
-        key = subscription_id(decode_loosely(raw))
-        log.error("subscription %r skipped, it is invalid: document: %s", key, problem)
-        return key, None
-
-    def _document(self, raw: Any) -> Document | None:
-        """An image in a change event (absent or null: None)."""
-        return self._decoded(raw)[1] if isinstance(raw, RawBSONDocument) else None
+        order = order_of(change["clusterTime"])
+        after = change.get("fullDocument")
+        handed = (
+            _stored(after, order)
+            if operation != "delete" and isinstance(after, RawBSONDocument)
+            else SubscriptionChange(key, None, order)  # deleted, or since (``updateLookup``)
+        )
+        before = change.get("fullDocumentBeforeChange")
+        return handed, _stored(before) if isinstance(before, RawBSONDocument) else None
 
     def _pre_and_post_images(self) -> bool:
         """Whether the stream may ask for images: once a feed, turned on first."""
@@ -295,3 +303,23 @@ def _reason(error: OperationFailure) -> str:
     """The server's message and code, without the whole reply pymongo appends."""
     message = (error.details or {}).get("errmsg") or str(error)
     return f"{message}; code {error.code}"
+
+
+def _stored(raw: RawBSONDocument, effective_after: int = -1) -> SubscriptionChange:
+    """A stored subscription as the contract has it; with a ``problem`` (logged)
+    when its bytes cannot be read: the matcher keeps none of it then, drops a
+    version it held, and counts it invalid."""
+    try:
+        decoded = decode(raw)
+    except UNDECODABLE as error:
+        problem = f"cannot be decoded as BSON ({error})"
+    else:
+        try:
+            return SubscriptionChange(
+                subscription_id(decoded), subscription_document(decoded), effective_after
+            )
+        except (TypeError, ValueError) as error:
+            problem = f"cannot be read as JSON ({error})"
+    key = subscription_id(decode_loosely(raw))
+    log.error("subscription %r skipped, it is invalid: document: %s", key, problem)
+    return SubscriptionChange(key, None, effective_after, problem)
