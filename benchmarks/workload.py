@@ -39,6 +39,7 @@ from processor.loop import Processor, Settings
 from processor.models import PENDING
 from processor.stores.sqlite import (
     FEED_COLUMNS,
+    LEGACY_JOBS_TABLE,
     RESUME_KEY,
     SqliteFeed,
     SqliteStore,
@@ -166,22 +167,46 @@ def job_rows(template: Path, batch_size: int) -> list[list[tuple[Any, ...]]]:
     now = timestamp(datetime.now(UTC))
     connection = sqlite3.connect(template)
     batches: list[list[tuple[Any, ...]]] = []
-    rows = connection.execute("SELECT id, client_id, type FROM events ORDER BY seq").fetchall()
+    rows = connection.execute("SELECT seq, id, client_id, type FROM events ORDER BY seq").fetchall()
     connection.close()
     for start in range(0, len(rows), batch_size):
         batch = []
-        for event_id, client, type_ in rows[start : start + batch_size]:
+        for seq, event_id, client, type_ in rows[start : start + batch_size]:
             for s in indexes[client].match(type_):
                 key = job_id(event_id, s.id)
                 # Columns of INSERT_JOB_ROW; the processor's rows, to the character.
-                batch.append((key, event_id, s.id, client, PENDING, s.target, POOL, now, 0, None, None, now))
+                batch.append(
+                    (key, event_id, s.id, client, PENDING, s.target, POOL, now, 0, None, None, now, seq)
+                )
         batches.append(batch)
     return batches
+
+
+def legacy_copy(template: Path, path: Path) -> Path:
+    """A fresh copy of ``template`` whose jobs table is as files made before
+    2026-12 have it (unique by ``event_id``), to measure the old schema's limit;
+    opened only with plain ``sqlite3``, which leaves it as it is."""
+    fresh_copy(template, path)
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE dispatch_jobs")
+    connection.executescript(LEGACY_JOBS_TABLE)
+    connection.close()
+    return path
+
+
+def legacy_rows(batches: list[list[tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
+    """``job_rows``'s rows as ``LEGACY_INSERT_JOB_ROW`` takes them: without the event's seq."""
+    return [[row[:-1] for row in batch] for batch in batches]
 
 
 # The one read the store needs for a batch (the loop also reads the events' sizes first).
 READ_FEED = f"SELECT {', '.join(FEED_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 INSERT_JOB_ROW = (
+    "INSERT OR IGNORE INTO dispatch_jobs (id, event_id, subscription_id, client_id, status, target, "
+    "pool_code, scheduled_at, attempts, last_attempt_at, last_error, created_at, event_seq) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+LEGACY_INSERT_JOB_ROW = (
     "INSERT OR IGNORE INTO dispatch_jobs (id, event_id, subscription_id, client_id, status, target, "
     "pool_code, scheduled_at, attempts, last_attempt_at, last_error, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -192,8 +217,12 @@ class LimitRound:
     """The store's own limit: plain ``sqlite3`` reads the events a batch at a time
     and writes the precomputed job rows, one transaction per batch."""
 
-    def __init__(self, path: Path, batches: list[list[tuple[Any, ...]]], batch_size: int) -> None:
-        self.connection = connect(path)
+    def __init__(
+        self, path: Path, batches: list[list[tuple[Any, ...]]], batch_size: int, *, legacy: bool = False
+    ) -> None:
+        """``legacy``: a file of ``legacy_copy`` and rows of ``legacy_rows``."""
+        self.connection = _plain(path) if legacy else connect(path)
+        self.insert = LEGACY_INSERT_JOB_ROW if legacy else INSERT_JOB_ROW
         self.batches = batches
         self.batch_size = batch_size
         self.after = 0
@@ -209,12 +238,15 @@ class LimitRound:
         self.after = events[-1][0]
         self.events += len(events)
         connection.execute("BEGIN IMMEDIATE")
-        connection.executemany(INSERT_JOB_ROW, jobs)
+        connection.executemany(self.insert, jobs)
         connection.execute("COMMIT")
 
-    def run(self) -> None:
+    def run(self, laps: list[float] | None = None) -> None:
+        """With ``laps``, the clock's time after each batch is appended to it."""
         for jobs in self.batches[1:]:
             self.step(jobs)
+            if laps is not None:
+                laps.append(time.perf_counter())
 
     def close(self) -> None:
         self.connection.close()
@@ -239,13 +271,16 @@ class LoopRound:
         self.processor.process(self.feed.next_batch(batch_size, 0.0))
         self.events = 0
 
-    def run(self) -> None:
+    def run(self, laps: list[float] | None = None) -> None:
+        """With ``laps``, the clock's time after each batch is appended to it."""
         while True:
             batch = self.feed.next_batch(self.batch_size, 0.0)
             if not batch.entries:
                 return
             self.processor.process(batch)
             self.events += len(batch.entries)
+            if laps is not None:
+                laps.append(time.perf_counter())
 
     def jobs(self) -> int:
         return self._count("SELECT count(*) FROM dispatch_jobs")
@@ -264,6 +299,14 @@ class LoopRound:
         self.watchdog.cancel()
         self.feed.close()
         self.store.close()
+
+
+def _plain(path: Path) -> sqlite3.Connection:
+    """A connection as ``connect`` makes it, without its schema (which would move a legacy file's jobs)."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    return connection
 
 
 def limit_round(

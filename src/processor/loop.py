@@ -168,6 +168,7 @@ class Processor:
         jobs: list[DispatchJob] = []
         dead_letters: list[DeadLetter] = []
         failures: list[FilterFailure] = []
+        orders: dict[str, int] = {}  # each valid event's place in the feed
         health = self.health
         health.step("processing")
         for entry in batch.entries:
@@ -189,6 +190,7 @@ class Processor:
                 )
                 continue
             events.append(event_key(entry.order, event))
+            orders[event.id] = entry.order
             jobs.extend(create_jobs(event, matched, now))
             if failed:
                 failures += (
@@ -203,7 +205,7 @@ class Processor:
         report = self.retry(
             "commit",
             self.store.commit,
-            ProcessedBatch(jobs, dead_letters, batch.resume_token, failures, tally),
+            ProcessedBatch(jobs, dead_letters, batch.resume_token, failures, tally, orders),
         )
         self.projector.committed(batch, events, report, counted=tally is not None)
         self._measure(batch, jobs, report, time.perf_counter() - started)

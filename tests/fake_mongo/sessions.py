@@ -16,6 +16,9 @@ class FakeSession:
     def __init__(self, server: FakeMongo) -> None:
         self._server = server
         self.staged: list[Callable[[], None]] | None = None
+        # The double's reads see every write at once, and its streams all of them:
+        # no time for a reader to wait for.
+        self.operation_time = None
 
     def __enter__(self) -> FakeSession:
         return self

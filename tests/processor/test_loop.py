@@ -36,7 +36,7 @@ from processor.stores.base import (
     ProcessedBatch,
     StoreUnavailable,
 )
-from processor.stores.sqlite import SqliteStore, connect, timestamp
+from processor.stores.sqlite import SqliteStore, connect, timestamp, transaction
 from tests.processor.harness import FAST, Publisher, Running, wait_until
 
 SHIPPED = "orders:fulfillment:shipment:shipped"
@@ -194,7 +194,9 @@ def test_a_locked_store_is_waited_out_with_backoff(db: Path, publisher: Publishe
     store = LockedStore(db)
     with Running(store, publisher) as processor:
         start = publisher.token()
-        events = {publisher.publish(SHIPPED) for _ in range(20)}
+        # In one write: the lock the store's first commit takes cannot fall between two of them.
+        with transaction(publisher.sql):
+            events = {publisher.publish(SHIPPED) for _ in range(20)}
         wait_until(
             lambda: processor.metrics.store_errors.labels("commit", "StoreUnavailable")._value.get() >= 2,
             message="retries",

@@ -165,13 +165,20 @@ def test_a_large_tally_is_counted_in_transactions_of_bounded_size_and_exactly_on
     assert counted is not None and counted["count"] == len(events)
 
 
+MOMENT = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def fenced(store: MongoStore) -> MongoStore:
+    """``store``, leading: its counts are accepted."""
+    store.fence(1, "test")
+    return store
+
+
 def test_a_batch_and_its_jobs_are_counted_in_one_transaction(
     wire: WireMongo, database: Database[Document], tokens: Tokens
 ) -> None:
-    store = MongoStore(database, tokens)
-    store.fence(1, "test")
-    moment = datetime(2024, 5, 1, tzinfo=UTC)
-    events = [(n, str(ObjectId()), SHIPPED, "acme", moment) for n in range(100)]
+    store = fenced(MongoStore(database, tokens))
+    events = [(n, str(ObjectId()), SHIPPED, "acme", MOMENT) for n in range(100)]
     jobs = [
         DispatchJob(
             f"job-{e[1]}-{n}",
@@ -181,11 +188,11 @@ def test_a_batch_and_its_jobs_are_counted_in_one_transaction(
             PENDING,
             "https://x.example",
             "p",
-            moment,
+            MOMENT,
             0,
             None,
             None,
-            moment,
+            MOMENT,
         )
         for e in events
         for n in (1, 2)
@@ -197,6 +204,18 @@ def test_a_batch_and_its_jobs_are_counted_in_one_transaction(
     assert len(started) == 1
     stats = database["subscription_stats"].find_one({"_id": "s1"})
     assert stats is not None and stats["jobs_created"] == 100
+
+
+def test_a_tally_whose_event_types_pass_16_mb_together_is_counted_in_commands_that_fit(
+    wire: WireMongo, database: Database[Document], tokens: Tokens
+) -> None:
+    store = fenced(MongoStore(database, tokens))
+    long_types = ["a" * 9_000_000, "b" * 9_000_000]  # an event type has no length limit of its own
+    events = [(n, str(ObjectId()), kind, "acme", MOMENT) for n, kind in enumerate(long_types)]
+    store.count(Tally(events, [], None))
+    store.close()
+    counted = {d["_id"][:1]: d["count"] for d in database["event_type_counts"].find()}
+    assert counted == {"a": 1, "b": 1}
 
 
 # -- the stream's own position, and its end -----------------------------------------------

@@ -228,14 +228,15 @@ class WireMongo:
         with self.lock:
             self._shard_keys[collection] = dict(key)
 
-    def merge_lags(self, collection: str, getmores: int) -> None:
-        """The next ``getmores`` getMores of change streams on ``collection`` answer
-        no change and the post-batch token of the reply before, as a mongos does
+    def merge_lags(self, collection: str, replies: int) -> None:
+        """The next ``replies`` replies of change streams on ``collection`` (their
+        first batches and getMores) answer no change and the post-batch token of
+        the reply before, as a mongos does
         while a shard has not answered within ``maxAwaitTimeMS``: changes already
         committed are held in its merge, and an empty batch does not mean caught up.
         Replaces what an earlier call left: 0 ends it."""
         with self.lock:
-            self._merges_held[collection] = getmores
+            self._merges_held[collection] = replies
 
     def insert_raw(self, collection: str, raw: bytes) -> None:
         """Store a document exactly as its BSON bytes say, as another driver may
@@ -552,8 +553,25 @@ class WireMongo:
             except OperationFailure as error:
                 raise CommandError(error.code or 1, str(error), [NON_RESUMABLE]) from error
         cursor = Cursor(f"{self.engine.name}.{collection}", collection, stream=stream)
+        if self._merge_holds(collection):
+            cursor.answered_token = stream.resume_token  # its start
+            return self._held_reply(cursor, self._keep(cursor), first=True)
         batch_size = (body.get("cursor") or {}).get("batchSize", 101)
         return self._stream_reply(cursor, batch_size, wait=0.0, first=True)
+
+    def _merge_holds(self, collection: str) -> bool:
+        """Whether this reply of a stream on ``collection`` is one ``merge_lags`` holds back."""
+        with self.lock:
+            held = self._merges_held[collection] > 0
+            if held:
+                self._merges_held[collection] -= 1
+        return held
+
+    def _held_reply(self, cursor: Cursor, cursor_id: int, *, first: bool) -> Document:
+        """No change, and the post-batch token of the reply before (of its start, for a first)."""
+        batch = "firstBatch" if first else "nextBatch"
+        token = cursor.answered_token
+        return {"cursor": {"id": cursor_id, "ns": cursor.namespace, batch: [], "postBatchResumeToken": token}}
 
     def get_more(self, body: Document) -> Document:
         with self.lock:
@@ -562,20 +580,8 @@ class WireMongo:
             raise CommandError(43, f"cursor id {body['getMore']} not found")
         batch_size = body.get("batchSize") or 101
         if cursor.stream is not None:
-            with self.lock:
-                held = self._merges_held[cursor.collection] > 0
-                if held:
-                    self._merges_held[cursor.collection] -= 1
-            if held:
-                token = cursor.answered_token
-                return {
-                    "cursor": {
-                        "id": body["getMore"],
-                        "ns": cursor.namespace,
-                        "nextBatch": [],
-                        "postBatchResumeToken": token,
-                    }
-                }
+            if self._merge_holds(cursor.collection):
+                return self._held_reply(cursor, body["getMore"], first=False)
             wait = min(body.get("maxTimeMS", 1000) / 1000, AWAIT_CAP)
             return self._stream_reply(cursor, batch_size, wait=wait, first=False, cursor_id=body["getMore"])
         return self._next_batch(cursor, batch_size, body["getMore"])

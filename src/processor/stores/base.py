@@ -22,7 +22,7 @@ definition of a correct store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -113,6 +113,9 @@ class ProcessedBatch:
     resume_token: ResumeToken | None
     filter_failures: list[FilterFailure] = field(default_factory=list)
     tally: Tally | None = None  # due to be counted in the projections, with this commit
+    # Each event's place in the feed (its ``FeedEntry.order``), by id: a store may
+    # key its jobs by it, so that its indexes grow in the feed's order.
+    orders: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import bson
 import pymongo
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
@@ -66,6 +67,7 @@ from processor.stores.mongo.tokens import TokenStore
 log = logging.getLogger(__name__)
 
 MARKS_PER_TRANSACTION = 5_000  # events and jobs counted in one transaction at most
+COMMAND_BYTES = 8 * 1024 * 1024  # the documents of one write command at most: a message takes 16 MB
 TRANSACTION_SECONDS = 10.0  # a transaction and the driver's retries of it, at most
 
 
@@ -280,7 +282,7 @@ class MongoStore:
         self, session: ClientSession, *, events: list[EventKey], jobs: list[DispatchJob], token: str | None
     ) -> None:
         self._save_checkpoint(session, token)  # first: refused, it writes nothing
-        keys = [f"event:{e[1]}" for e in events] + [f"job:{j.id}" for j in jobs]  # e[1]: the event's id
+        keys = [f"event:{e[1]}" for e in events] + [_job_mark(j) for j in jobs]  # e[1]: the event's id
         if not keys:
             return
         marks = self.database[PROJECTION_MARKS]
@@ -290,7 +292,7 @@ class MongoStore:
         counted = seen.copy()
         delta = ProjectionDelta.of(
             (e for e in events if _first(f"event:{e[1]}", counted)),
-            (j for j in jobs if _first(f"job:{j.id}", counted)),
+            (j for j in jobs if _first(_job_mark(j), counted)),
         )
         now = datetime.now(UTC)
         new = [{"_id": key, "at": now} for key in dict.fromkeys(keys) if key not in seen]
@@ -337,16 +339,40 @@ class MongoStore:
 def _write(
     database: Database[Document], session: ClientSession, command: str, name: str, **items: list[Document]
 ) -> None:
-    """One write command of a transaction, sent as it is: pymongo's bulk API
+    """Write commands of a transaction, sent as they are: pymongo's bulk API
     makes an object, a validation and a batch of each write, several times
     the cost of the write on the wire, and a transaction has no use for its
-    splitting and retries (a part stays far under 16 MB, the transaction is
-    retried as a whole). A write error, returned with ``ok: 1``, is raised."""
-    if not any(items.values()):
-        return
-    reply = database.command({command: name, **items, "ordered": False}, session=session)
-    if errors := reply.get("writeErrors"):
-        raise OperationFailure(errors[0].get("errmsg", "a write failed"), errors[0].get("code"), reply)
+    retries (it is retried as a whole). Split as bulk writes are, by size: a
+    command travels in one message of at most 16 MB, and keys (event types,
+    ids) are as long as producers made them. A write error, returned with
+    ``ok: 1``, is raised."""
+    ((field, documents),) = items.items()
+    for part in _by_size(documents):
+        reply = database.command({command: name, field: part, "ordered": False}, session=session)
+        if errors := reply.get("writeErrors"):
+            raise OperationFailure(errors[0].get("errmsg", "a write failed"), errors[0].get("code"), reply)
+
+
+def _by_size(documents: list[Document]) -> Iterator[list[Document]]:
+    """``documents`` in runs of at most ``COMMAND_BYTES`` of BSON (one larger alone)."""
+    part: list[Document] = []
+    size = 0
+    for document in documents:
+        length = len(bson.encode(document))
+        if part and size + length > COMMAND_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(document)
+        size += length
+    if part:
+        yield part
+
+
+def _job_mark(job: DispatchJob) -> str:
+    """A job's mark: its id, after its event's, so that the marks' index grows in
+    the order events are inserted where their ids do (ObjectIds begin with their
+    second), rather than at a random place for every job (the id is a hash)."""
+    return f"job:{job.event_id} {job.id}"
 
 
 def _first(key: str, counted: set[str]) -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 from bson.raw_bson import RawBSONDocument
@@ -171,7 +171,7 @@ class MongoSubscriptions:
                 # Read after the find, the stream passes every change the find saw:
                 # a subscription changed since T stood as its first change found it.
                 changed: set[str] = set()
-                while (change := stream.try_next()) is not None:
+                for change in self._read_through(stream, session.operation_time):
                     read = self._change(change)
                     if read is None:
                         continue
@@ -204,23 +204,11 @@ class MongoSubscriptions:
         read only says that no shard answered in time: the stream is read until
         its token passes ``through``, for ``DRAIN_SECONDS`` at most."""
         assert self._stream is not None
-        gives_up = self._clock() + DRAIN_SECONDS
         try:
-            while True:
-                change = self._stream.try_next()
-                if change is not None:
-                    read = self._change(change)
-                    if read is not None:
-                        self._add(read[0])
-                    continue
-                reached = time_of_token(self._stream.resume_token)
-                if through is None or reached is None or reached >= through:
-                    return
-                if self._clock() >= gives_up:
-                    raise StoreUnavailable(
-                        f"the subscriptions' change stream is at {reached}, before the events read "
-                        f"(at {through}): a mongos waiting on a shard"
-                    )
+            for change in self._read_through(self._stream, through):
+                read = self._change(change)
+                if read is not None:
+                    self._add(read[0])
         except _Ended:
             self._reload(through)
         except OperationFailure as error:
@@ -233,6 +221,29 @@ class MongoSubscriptions:
             else:
                 raise
             self._reload(through)
+
+    def _read_through(
+        self, stream: ChangeStream[RawBSONDocument], through: Timestamp | None
+    ) -> Iterator[RawBSONDocument]:
+        """The stream's changes until a read finds none with its token at or past
+        ``through`` (a quiet read through a mongos only says that no shard
+        answered in time), for ``DRAIN_SECONDS`` at most; then ``StoreUnavailable``,
+        retried with backoff. Without ``through``, or a token that tells no time,
+        until the first quiet read."""
+        gives_up = self._clock() + DRAIN_SECONDS
+        while True:
+            change = stream.try_next()
+            if change is not None:
+                yield change
+                continue
+            reached = time_of_token(stream.resume_token)
+            if through is None or reached is None or reached >= through:
+                return
+            if self._clock() >= gives_up:
+                raise StoreUnavailable(
+                    f"the subscriptions' change stream is at {reached}, before {through}: "
+                    "a mongos waiting on a shard"
+                )
 
     def _change(self, change: RawBSONDocument) -> tuple[SubscriptionChange, SubscriptionChange | None] | None:
         """A change as handed out, with the subscription as the change found it (its

@@ -7,12 +7,13 @@ the API's side. Outside this package, only the names below are used."""
 from processor.stores.sqlite.catalog import Catalog, CorruptRecord, EventExists, Page, subscription_document
 from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed
 from processor.stores.sqlite.rows import job_from_row, job_row, timestamp
-from processor.stores.sqlite.schema import connect, transaction
+from processor.stores.sqlite.schema import LEGACY_JOBS_TABLE, connect, transaction
 from processor.stores.sqlite.store import FOLD_EVENTS, RESUME_KEY, SqliteStore
 
 __all__ = [
     "FEED_COLUMNS",
     "FOLD_EVENTS",
+    "LEGACY_JOBS_TABLE",
     "RESUME_KEY",
     "Catalog",
     "CorruptRecord",

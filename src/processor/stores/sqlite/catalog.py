@@ -44,6 +44,7 @@ DEAD_LETTER_COLUMNS = (
     "created_at",
 )
 FILTER_FAILURE_COLUMNS = ("event_id", "subscription_id", "client_id", "reason", "failed_at")
+NOT_STORED = object()  # a filter's value: the column IS NULL (spelled out, so that a partial index serves it)
 PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text (UTF-8), whatever its limit
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
 INSERT_EVENT = (
@@ -167,12 +168,18 @@ class Catalog:
         client_id: str | None = None,
         status: str | None = None,
     ) -> Page:
-        filters = {
+        filters: dict[str, object] = {
             "event_id": event_id,
             "subscription_id": subscription_id,
             "client_id": client_id,
             "status": status,
         }
+        if event_id is not None:
+            # Jobs are indexed by their event's seq (the feed's order), not its id;
+            # a job whose event is not stored has none, in an index of its own.
+            with self._session(write=False) as connection:
+                found = connection.execute("SELECT seq FROM events WHERE id = ?", (event_id,)).fetchone()
+            filters["event_seq"] = NOT_STORED if found is None else found[0]
         return self._page("dispatch_jobs", JOB_COLUMNS, filters, after, limit)
 
     def dead_letters(self, *, after: int | None = None, limit: int) -> Page:
@@ -193,7 +200,7 @@ class Catalog:
         self,
         table: str,
         columns: Sequence[str],
-        filters: Mapping[str, str | None],
+        filters: Mapping[str, object],
         after: int | None,
         limit: int,
     ) -> Page:
@@ -203,7 +210,11 @@ class Catalog:
         does not follow the limit. Read row by row: of the rows past the page,
         SQLite reads one ahead at most."""
         given = {column: value for column, value in filters.items() if value is not None}
-        conditions = " ".join(f"AND {column} = ?" for column in given)
+        conditions = " ".join(
+            f"AND {column} IS NULL" if value is NOT_STORED else f"AND {column} = ?"
+            for column, value in given.items()
+        )
+        given = {column: value for column, value in given.items() if value is not NOT_STORED}
         items: list[dict[str, Any]] = []
         size, last, more = 0, None, False
         with self._session(write=False) as connection:

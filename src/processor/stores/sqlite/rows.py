@@ -14,8 +14,8 @@ from processor.models import DispatchJob
 JOB_COLUMNS = tuple(field.name for field in fields(DispatchJob))
 _TIME_COLUMNS = tuple(n for n, f in enumerate(fields(DispatchJob)) if "datetime" in str(f.type))
 INSERT_JOB = (
-    f"INSERT OR IGNORE INTO dispatch_jobs ({', '.join(JOB_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+    f"INSERT OR IGNORE INTO dispatch_jobs ({', '.join(JOB_COLUMNS)}, event_seq) "
+    f"VALUES ({', '.join('?' * (len(JOB_COLUMNS) + 1))})"
 )
 
 
@@ -44,10 +44,10 @@ def job_from_row(row: tuple[Any, ...]) -> DispatchJob:
     return DispatchJob(*values)
 
 
-def job_row(job: DispatchJob) -> tuple[Any, ...]:
-    """The job as a row of ``INSERT_JOB``: its fields in order, times as text.
-    Spelled out: two jobs per event pass through here, and a generic
-    conversion took twice as long."""
+def job_row(job: DispatchJob, event_seq: int | None) -> tuple[Any, ...]:
+    """The job as a row of ``INSERT_JOB``: its fields in order, times as text,
+    then its event's seq. Spelled out: two jobs per event pass through here,
+    and a generic conversion took twice as long."""
     return (
         job.id,
         job.event_id,
@@ -61,6 +61,7 @@ def job_row(job: DispatchJob) -> tuple[Any, ...]:
         sql_value(job.last_attempt_at),
         job.last_error,
         timestamp(job.created_at),
+        event_seq,
     )
 
 

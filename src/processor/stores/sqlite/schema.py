@@ -71,24 +71,7 @@ CREATE TRIGGER IF NOT EXISTS subscriptions_deleted AFTER DELETE ON subscriptions
     VALUES (OLD.id, (SELECT coalesce(max(seq), 0) FROM events), NULL);
 END;
 
-CREATE TABLE IF NOT EXISTS dispatch_jobs (
-    seq             INTEGER PRIMARY KEY,
-    id              TEXT NOT NULL,
-    event_id        TEXT NOT NULL,
-    subscription_id TEXT NOT NULL,
-    client_id       TEXT NOT NULL,
-    status          TEXT NOT NULL,
-    target          TEXT NOT NULL,
-    pool_code       TEXT NOT NULL,
-    scheduled_at    TEXT NOT NULL,
-    attempts        INTEGER NOT NULL,
-    last_attempt_at TEXT,
-    last_error      TEXT,
-    created_at      TEXT NOT NULL,
-    UNIQUE (event_id, subscription_id)
-);
-CREATE INDEX IF NOT EXISTS dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
-CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
+DISPATCH_JOBS
 
 -- raw holds at most the first 64 KiB of the event as stored; raw_bytes and
 -- raw_sha256 describe all of it (NULL in dead letters from before they existed).
@@ -152,6 +135,51 @@ CREATE TABLE IF NOT EXISTS resume_tokens (
 );
 """
 
+# Every key a job adds grows in the feed's order, so that a batch's jobs land
+# in the same few index pages: the pair is unique by the event's seq (not by its
+# id, random hex, which put every event in a page of its own, and the WAL's
+# checkpoints behind every commit), the rows are in the order they were written,
+# and the other two indexes end where new jobs go (pending, scheduled now; a
+# client's latest). A job whose event has no seq here (a caller that gave none)
+# is unique by its ids, in a partial index that holds those alone.
+JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    client_id       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    pool_code       TEXT NOT NULL,
+    scheduled_at    TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_attempt_at TEXT,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    event_seq       INTEGER,
+    UNIQUE (event_seq, subscription_id)
+);
+"""
+JOBS_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS dispatch_jobs_unplaced ON dispatch_jobs (event_id, subscription_id)
+    WHERE event_seq IS NULL;
+CREATE INDEX IF NOT EXISTS dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
+CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
+"""
+# The table as files made before 2026-12 have it, unique by (event_id,
+# subscription_id): ``connect`` moves such a file's jobs to the table above.
+LEGACY_JOBS_TABLE = (
+    JOBS_TABLE.format(table="dispatch_jobs")
+    .replace("    event_seq       INTEGER,\n", "")
+    .replace("UNIQUE (event_seq, subscription_id)", "UNIQUE (event_id, subscription_id)")
+    + """
+CREATE INDEX dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
+CREATE INDEX dispatch_jobs_client ON dispatch_jobs (client_id);
+"""
+)
+SCHEMA = SCHEMA.replace("DISPATCH_JOBS", JOBS_TABLE.format(table="dispatch_jobs"))
+
 SUBSCRIPTION_COLUMNS = (
     "id",
     "client_id",
@@ -202,14 +230,42 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection.executescript(SCHEMA)
     _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
     _add_columns(connection, "resume_tokens", {"holder": "TEXT"})
+    _key_jobs_by_event_seq(connection)
+    connection.executescript(JOBS_INDEXES)
     return connection
+
+
+def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def _key_jobs_by_event_seq(connection: sqlite3.Connection) -> None:
+    """A file made before jobs were keyed by their event's seq: its jobs moved to
+    the table of today in one transaction, in their order, each with its event's
+    seq (none when its event is no longer stored), the old table and its indexes
+    dropped; a failure rolls it all back."""
+    if "event_seq" in _columns(connection, "dispatch_jobs"):
+        return
+    with transaction(connection):
+        if "event_seq" in _columns(connection, "dispatch_jobs"):
+            return  # another connection moved them meanwhile
+        columns = _columns(connection, "dispatch_jobs")
+        connection.execute("DROP TABLE IF EXISTS dispatch_jobs_keyed")
+        connection.execute(JOBS_TABLE.format(table="dispatch_jobs_keyed"))
+        connection.execute(
+            f"INSERT INTO dispatch_jobs_keyed ({', '.join(columns)}, event_seq) "
+            f"SELECT {', '.join(f'j.{name}' for name in columns)}, "
+            "(SELECT e.seq FROM events e WHERE e.id = j.event_id) FROM dispatch_jobs j ORDER BY j.seq"
+        )
+        connection.execute("DROP TABLE dispatch_jobs")
+        connection.execute("ALTER TABLE dispatch_jobs_keyed RENAME TO dispatch_jobs")
 
 
 def _add_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
     """Columns added since a store file was made, added to it in place."""
 
     def missing() -> list[str]:
-        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        present = _columns(connection, table)
         return [name for name in columns if name not in present]
 
     if missing():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -178,7 +178,7 @@ class SqliteStore:
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         token = batch.resume_token
         with transaction(self._connection):
-            new_jobs = self._insert_jobs(batch.jobs)
+            new_jobs = self._insert_jobs(batch.jobs, batch.orders)
             self._insert_dead_letters(batch.dead_letters)
             self._insert_filter_failures(batch.filter_failures)
             if token is not None:  # a batch without one comes again
@@ -249,8 +249,9 @@ class SqliteStore:
             (self._resume_key, through),
         )
 
-    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> Sequence[DispatchJob]:
-        """Insert and return the jobs that were new. The batch insert skips the jobs
+    def _insert_jobs(self, jobs: Sequence[DispatchJob], orders: Mapping[str, int]) -> Sequence[DispatchJob]:
+        """Insert and return the jobs that were new, each keyed by its event's seq
+        (its order in the feed) where ``orders`` has it. The batch insert skips the jobs
         that are there already; when it skipped some, the rows it added (those past
         the largest ``seq`` before it: SQLite gives a new row the largest plus one,
         as long as that is below 2**63, which no row of this store comes near)
@@ -260,12 +261,13 @@ class SqliteStore:
             return jobs
         connection = self._connection
         (last,) = connection.execute("SELECT coalesce(max(seq), 0) FROM dispatch_jobs").fetchone()
-        if connection.executemany(INSERT_JOB, map(job_row, jobs)).rowcount == len(jobs):
+        rows = (job_row(job, orders.get(job.event_id)) for job in jobs)
+        if connection.executemany(INSERT_JOB, rows).rowcount == len(jobs):
             return jobs
-        rows = connection.execute(
+        written = connection.execute(
             "SELECT event_id, subscription_id FROM dispatch_jobs WHERE seq > ?", (last,)
         )
-        added = {(row[0], row[1]) for row in rows}
+        added = {(row[0], row[1]) for row in written}
         new_jobs = []
         for job in jobs:  # of equal jobs in one batch, the first was written
             pair = (job.event_id, job.subscription_id)
