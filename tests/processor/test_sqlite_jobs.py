@@ -147,3 +147,28 @@ def test_events_processed_again_over_a_moved_file_create_no_job_twice(tmp_path: 
         [(ids[0], "all"), (ids[1], "all"), ("deleted", "all"), (later, "all")]
     )
     assert processor.metrics.duplicate_jobs._value.get() == 2
+
+
+def test_what_an_operator_added_to_the_old_jobs_table_comes_along_when_it_is_moved(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    legacy_file(path)
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        ALTER TABLE dispatch_jobs ADD COLUMN note TEXT DEFAULT 'kept';
+        CREATE INDEX jobs_by_target ON dispatch_jobs (target);
+        CREATE TABLE audit (job TEXT);
+        CREATE TRIGGER jobs_audited AFTER INSERT ON dispatch_jobs
+            BEGIN INSERT INTO audit VALUES (NEW.id); END;
+        CREATE VIEW pending AS SELECT id FROM dispatch_jobs WHERE status = 'PENDING';
+        """
+    )
+    old.close()
+    store = SqliteStore(path)
+    store.commit(ProcessedBatch([job("e9", "all")], [], None, orders={"e9": 9}))
+    store.close()
+    moved = sqlite3.connect(path)
+    assert {row[0] for row in moved.execute("SELECT note FROM dispatch_jobs")} == {"kept", None}
+    assert "jobs_by_target" in indexes(path)
+    assert list(moved.execute("SELECT job FROM audit")) == [(job("e9", "all").id,)]
+    assert len(list(moved.execute("SELECT id FROM pending"))) == 4

@@ -10,8 +10,10 @@ from pathlib import Path
 from processor.stores.base import (
     StoreUnavailable,
 )
+from processor.stores.sqlite.rows import JOB_COLUMNS
 
 BUSY_TIMEOUT_MS = 1000
+MIGRATION_BUSY_MS = 120_000  # how long an opener waits for another to move an old file's jobs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -157,10 +159,12 @@ CREATE TABLE IF NOT EXISTS {table} (
     last_attempt_at TEXT,
     last_error      TEXT,
     created_at      TEXT NOT NULL,
-    event_seq       INTEGER,
+SEQ_COLUMN
     UNIQUE (event_seq, subscription_id)
 );
 """
+SEQ_COLUMN = "    event_seq       INTEGER,\n"
+JOBS_TABLE = JOBS_TABLE.replace("SEQ_COLUMN\n", SEQ_COLUMN)
 JOBS_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS dispatch_jobs_unplaced ON dispatch_jobs (event_id, subscription_id)
     WHERE event_seq IS NULL;
@@ -171,13 +175,15 @@ CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
 # subscription_id): ``connect`` moves such a file's jobs to the table above.
 LEGACY_JOBS_TABLE = (
     JOBS_TABLE.format(table="dispatch_jobs")
-    .replace("    event_seq       INTEGER,\n", "")
+    .replace(SEQ_COLUMN, "")
     .replace("UNIQUE (event_seq, subscription_id)", "UNIQUE (event_id, subscription_id)")
     + """
 CREATE INDEX dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
 CREATE INDEX dispatch_jobs_client ON dispatch_jobs (client_id);
 """
 )
+JOB_TABLE_COLUMNS = frozenset({"seq", *JOB_COLUMNS, "event_seq"})
+JOB_INDEX_NAMES = ("dispatch_jobs_unplaced", "dispatch_jobs_status_scheduled", "dispatch_jobs_client")
 SCHEMA = SCHEMA.replace("DISPATCH_JOBS", JOBS_TABLE.format(table="dispatch_jobs"))
 
 SUBSCRIPTION_COLUMNS = (
@@ -241,24 +247,50 @@ def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
 
 def _key_jobs_by_event_seq(connection: sqlite3.Connection) -> None:
     """A file made before jobs were keyed by their event's seq: its jobs moved to
-    the table of today in one transaction, in their order, each with its event's
-    seq (none when its event is no longer stored), the old table and its indexes
-    dropped; a failure rolls it all back."""
+    the table of today in one transaction with its indexes, in their order, each
+    with its event's seq (none when its event is no longer stored); columns,
+    indexes and triggers an operator added to the old table come along, and
+    views on it keep working. A failure rolls it all back. Another process
+    opening the file meanwhile waits for it (``MIGRATION_BUSY_MS``)."""
     if "event_seq" in _columns(connection, "dispatch_jobs"):
         return
-    with transaction(connection):
-        if "event_seq" in _columns(connection, "dispatch_jobs"):
-            return  # another connection moved them meanwhile
-        columns = _columns(connection, "dispatch_jobs")
-        connection.execute("DROP TABLE IF EXISTS dispatch_jobs_keyed")
-        connection.execute(JOBS_TABLE.format(table="dispatch_jobs_keyed"))
-        connection.execute(
-            f"INSERT INTO dispatch_jobs_keyed ({', '.join(columns)}, event_seq) "
-            f"SELECT {', '.join(f'j.{name}' for name in columns)}, "
-            "(SELECT e.seq FROM events e WHERE e.id = j.event_id) FROM dispatch_jobs j ORDER BY j.seq"
-        )
-        connection.execute("DROP TABLE dispatch_jobs")
+    connection.execute(f"PRAGMA busy_timeout = {MIGRATION_BUSY_MS}")
+    try:
+        with transaction(connection):
+            if "event_seq" in _columns(connection, "dispatch_jobs"):
+                return  # another connection moved them meanwhile
+            _move_jobs(connection)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _move_jobs(connection: sqlite3.Connection) -> None:
+    info = list(connection.execute("PRAGMA table_info(dispatch_jobs)"))
+    columns = [row[1] for row in info]
+    extra = "".join(f"    {row[1]} {row[2]},\n" for row in info if row[1] not in JOB_TABLE_COLUMNS)
+    added = connection.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = 'dispatch_jobs' AND type IN ('index', 'trigger') "
+        f"AND sql IS NOT NULL AND name NOT IN ({', '.join('?' * len(JOB_INDEX_NAMES))})",
+        JOB_INDEX_NAMES,
+    ).fetchall()
+    connection.execute("DROP TABLE IF EXISTS dispatch_jobs_keyed")
+    table = JOBS_TABLE.format(table="dispatch_jobs_keyed")
+    connection.execute(table.replace(SEQ_COLUMN, SEQ_COLUMN + extra))
+    connection.execute(
+        f"INSERT INTO dispatch_jobs_keyed ({', '.join(columns)}, event_seq) "
+        f"SELECT {', '.join(f'j.{name}' for name in columns)}, "
+        "(SELECT e.seq FROM events e WHERE e.id = j.event_id) FROM dispatch_jobs j ORDER BY j.seq"
+    )
+    connection.execute("DROP TABLE dispatch_jobs")
+    # Legacy renaming: views naming dispatch_jobs are left as they are (they name it again after).
+    connection.execute("PRAGMA legacy_alter_table = ON")
+    try:
         connection.execute("ALTER TABLE dispatch_jobs_keyed RENAME TO dispatch_jobs")
+    finally:
+        connection.execute("PRAGMA legacy_alter_table = OFF")
+    for statement in [*JOBS_INDEXES.split(";"), *(sql for (sql,) in added)]:
+        if statement.strip():
+            connection.execute(statement)
 
 
 def _add_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
