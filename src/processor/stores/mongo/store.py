@@ -25,7 +25,6 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import bson
 import pymongo
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
@@ -68,6 +67,7 @@ log = logging.getLogger(__name__)
 
 MARKS_PER_TRANSACTION = 5_000  # events and jobs counted in one transaction at most
 COMMAND_BYTES = 8 * 1024 * 1024  # the documents of one write command at most: a message takes 16 MB
+DOCUMENT_BYTES = 512  # a projection's or a mark's document, less its key, at most
 TRANSACTION_SECONDS = 10.0  # a transaction and the driver's retries of it, at most
 
 
@@ -347,18 +347,29 @@ def _write(
     ids) are as long as producers made them. A write error, returned with
     ``ok: 1``, is raised."""
     ((field, documents),) = items.items()
-    for part in _by_size(documents):
+    for part in _by_size(documents, _insert_key if command == "insert" else _update_key):
         reply = database.command({command: name, field: part, "ordered": False}, session=session)
         if errors := reply.get("writeErrors"):
             raise OperationFailure(errors[0].get("errmsg", "a write failed"), errors[0].get("code"), reply)
 
 
-def _by_size(documents: list[Document]) -> Iterator[list[Document]]:
-    """``documents`` in runs of at most ``COMMAND_BYTES`` of BSON (one larger alone)."""
+def _insert_key(document: Document) -> str:
+    return str(document["_id"])
+
+
+def _update_key(statement: Document) -> str:
+    return str(statement["q"]["_id"])
+
+
+def _by_size(documents: list[Document], key: Callable[[Document], str]) -> Iterator[list[Document]]:
+    """``documents`` in runs of at most ``COMMAND_BYTES``, one larger alone. A
+    document's size is bounded from its key (four bytes a character, as UTF-8 at
+    most) and ``DOCUMENT_BYTES`` for the rest, counts and times of fixed size:
+    encoding each to measure it would cost more than the write."""
     part: list[Document] = []
     size = 0
     for document in documents:
-        length = len(bson.encode(document))
+        length = DOCUMENT_BYTES + 4 * len(key(document))
         if part and size + length > COMMAND_BYTES:
             yield part
             part, size = [], 0
