@@ -159,12 +159,10 @@ CREATE TABLE IF NOT EXISTS {table} (
     last_attempt_at TEXT,
     last_error      TEXT,
     created_at      TEXT NOT NULL,
-SEQ_COLUMN
-    UNIQUE (event_seq, subscription_id)
+{columns}    UNIQUE ({unique}, subscription_id)
 );
 """
 SEQ_COLUMN = "    event_seq       INTEGER,\n"
-JOBS_TABLE = JOBS_TABLE.replace("SEQ_COLUMN\n", SEQ_COLUMN)
 JOBS_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS dispatch_jobs_unplaced ON dispatch_jobs (event_id, subscription_id)
     WHERE event_seq IS NULL;
@@ -174,9 +172,7 @@ CREATE INDEX IF NOT EXISTS dispatch_jobs_client ON dispatch_jobs (client_id);
 # The table as files made before 2026-12 have it, unique by (event_id,
 # subscription_id): ``connect`` moves such a file's jobs to the table above.
 LEGACY_JOBS_TABLE = (
-    JOBS_TABLE.format(table="dispatch_jobs")
-    .replace(SEQ_COLUMN, "")
-    .replace("UNIQUE (event_seq, subscription_id)", "UNIQUE (event_id, subscription_id)")
+    JOBS_TABLE.format(table="dispatch_jobs", columns="", unique="event_id")
     + """
 CREATE INDEX dispatch_jobs_status_scheduled ON dispatch_jobs (status, scheduled_at);
 CREATE INDEX dispatch_jobs_client ON dispatch_jobs (client_id);
@@ -184,7 +180,9 @@ CREATE INDEX dispatch_jobs_client ON dispatch_jobs (client_id);
 )
 JOB_TABLE_COLUMNS = frozenset({"seq", *JOB_COLUMNS, "event_seq"})
 JOB_INDEX_NAMES = ("dispatch_jobs_unplaced", "dispatch_jobs_status_scheduled", "dispatch_jobs_client")
-SCHEMA = SCHEMA.replace("DISPATCH_JOBS", JOBS_TABLE.format(table="dispatch_jobs"))
+SCHEMA = SCHEMA.replace(
+    "DISPATCH_JOBS", JOBS_TABLE.format(table="dispatch_jobs", columns=SEQ_COLUMN, unique="event_seq")
+)
 
 SUBSCRIPTION_COLUMNS = (
     "id",
@@ -274,8 +272,9 @@ def _move_jobs(connection: sqlite3.Connection) -> None:
         JOB_INDEX_NAMES,
     ).fetchall()
     connection.execute("DROP TABLE IF EXISTS dispatch_jobs_keyed")
-    table = JOBS_TABLE.format(table="dispatch_jobs_keyed")
-    connection.execute(table.replace(SEQ_COLUMN, SEQ_COLUMN + extra))
+    connection.execute(
+        JOBS_TABLE.format(table="dispatch_jobs_keyed", columns=SEQ_COLUMN + extra, unique="event_seq")
+    )
     connection.execute(
         f"INSERT INTO dispatch_jobs_keyed ({', '.join(columns)}, event_seq) "
         f"SELECT {', '.join(f'j.{name}' for name in columns)}, "
