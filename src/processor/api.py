@@ -2,28 +2,39 @@
 the processor made of them.
 
 Requests are validated by the models of the data contract, so the API rejects
-exactly what the processor would. Every error, whatever raised it, has one
-shape: ``{"error": "<what went wrong>", "fields": [{"field": ..., "problem": ...}]}``,
-``fields`` empty when no field is at fault.
+exactly what the processor would; bodies are validated once, from their bytes
+(pydantic's JSON parser, which also bounds nesting and number size and
+refuses text that is not Unicode). Every refusal has the one error shape of
+``processor.http_errors``, and the OpenAPI document at ``/openapi.json``
+says, for every route, its body, its answers and each status it can refuse
+with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Any
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictStr, TypeAdapter, ValidationError
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 
+from processor import api_documents as documents
 from processor.health import Health
+from processor.http_errors import (
+    ApiError,
+    BodyLimit,
+    field_problems,
+    install_error_handlers,
+    invalid,
+)
 from processor.json_values import Json, JsonObject
 from processor.metrics import Metrics
 from processor.models import (
+    MAX_ID_LENGTH,
     EventType,
     Identifier,
     SubscriptionFields,
@@ -31,13 +42,13 @@ from processor.models import (
     UtcTime,
 )
 from processor.ops import add_ops_routes
-from processor.stores.base import StoreUnavailable
-from processor.stores.sqlite import Catalog, CorruptRecord, EventExists, Page, subscription_document
+from processor.stores.sqlite import Catalog, EventExists, Page, subscription_document
 
-MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-REQUEST_PARTS = ("body", "query", "path")  # where FastAPI says a faulty input came from
+MAX_CURSOR = 2**63 - 1  # the largest seq SQLite can hold
+JSON_MEDIA = re.compile(r"application/(?:[\w.\-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
+T = TypeVar("T")
 
 
 class NewEvent(BaseModel):
@@ -58,7 +69,11 @@ class NewEvent(BaseModel):
     causation_id: StrictStr | None = None
 
 
+EVENT = TypeAdapter(NewEvent)
 EVENT_BATCH = TypeAdapter(list[NewEvent])
+SUBSCRIPTION_FIELDS = TypeAdapter(SubscriptionFields)
+SUBSCRIPTION_PATCH = TypeAdapter(SubscriptionPatch)
+QueryId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class PageQuery(BaseModel):
@@ -66,153 +81,89 @@ class PageQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    after: int | None = Field(None, ge=0, description="the `next` of the previous page")
+    after: int | None = Field(None, ge=0, le=MAX_CURSOR, description="the `next` of the previous page")
     limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
 
 class FilterFailureQuery(PageQuery):
-    event_id: str | None = None
-    subscription_id: str | None = None
+    event_id: QueryId | None = None
+    subscription_id: QueryId | None = None
 
 
 class JobQuery(PageQuery):
-    event_id: str | None = None
-    subscription_id: str | None = None
-    client_id: str | None = None
-    status: str | None = None
+    event_id: QueryId | None = None
+    subscription_id: QueryId | None = None
+    client_id: QueryId | None = None
+    status: Annotated[str, Field(pattern=r"^[A-Za-z_]{1,64}$")] | None = Field(
+        None, description="matched in upper case, as statuses are stored: `pending` finds `PENDING`"
+    )
 
 
 class SubscriptionQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    client_id: str | None = None
+    client_id: QueryId | None = None
 
 
-class ApiError(Exception):
-    """A refusal with its status; rendered in the one error shape."""
-
-    def __init__(self, status: int, error: str, fields: Sequence[Mapping[str, str]] = ()) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.fields = list(fields)
-
-
-def error_response(
-    status: int,
-    error: str,
-    fields: Sequence[Mapping[str, str]] = (),
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse({"error": error, "fields": list(fields)}, status_code=status, headers=headers)
+def once_each(request: Request) -> None:
+    """A query parameter given twice is refused: which one would count is a guess."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise invalid(
+            [{"field": key, "problem": "is given more than once; give it once"} for key in repeated]
+        )
 
 
-def field_name(location: Iterable[int | str]) -> str:
-    """``filters.payload[0].path``, ``[2].type``: a location as a person writes it."""
-    name = ""
-    for part in location:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
-    return name or "body"
+def json_body(validate: Callable[[bytes], T], root: str) -> Callable[[Request], Awaitable[T]]:
+    """A route's body, validated from its bytes by ``validate``; ``root`` says
+    what the body must be, for a body that is not that at all."""
+
+    async def parse(request: Request) -> T:
+        media = request.headers.get("content-type", "")
+        if not JSON_MEDIA.match(media):
+            given = f"is {media!r}" if media else "is missing"
+            problem = f"{given}; send the body as JSON, with content-type: application/json"
+            raise ApiError(
+                415,
+                f"unsupported media type: content-type {problem}",
+                [{"field": "content-type", "problem": problem}],
+            )
+        try:
+            return validate(await request.body())
+        except ValidationError as error:
+            raise invalid(field_problems(error.errors(), from_request=False, root=root)) from None
+
+    return parse
 
 
-def field_problems(errors: Iterable[Mapping[str, Any]], *, from_request: bool) -> list[dict[str, str]]:
-    """pydantic's errors as ``{"field", "problem"}``, worded as ``models.describe`` words them."""
-    problems = []
-    for detail in errors:
-        location = list(detail["loc"])
-        if from_request and location and location[0] in REQUEST_PARTS:
-            location = location[1:]
-        if detail["type"] == "json_invalid":
-            problem = f"is not valid JSON: {detail['ctx']['error']} at character {location.pop()}"
-        else:
-            problem = str(detail["msg"]).removeprefix("Value error, ")
-        problems.append({"field": field_name(location), "problem": problem})
-    return problems
+@dataclass(frozen=True, slots=True)
+class Posted:
+    events: list[NewEvent]
+    array: bool  # whether they came as an array, which is how refusals name their fields
 
 
-def invalid(problems: list[dict[str, str]]) -> JSONResponse:
-    summary = "; ".join(f"{problem['field']}: {problem['problem']}" for problem in problems)
-    return error_response(422, f"invalid request: {summary}", problems)
+def events_of(body: bytes) -> Posted:
+    """One event or an array of them; an id given twice is refused, naming both places."""
+    if body.lstrip()[:1] != b"[":
+        return Posted([EVENT.validate_json(body)], array=False)
+    events = EVENT_BATCH.validate_json(body)
+    first: dict[str, int] = {}
+    for index, event in enumerate(events):
+        if event.id is not None and first.setdefault(event.id, index) != index:
+            problem = f"repeats the id of [{first[event.id]}]; the ids of a batch must differ"
+            raise invalid([{"field": f"[{index}].id", "problem": problem}])
+    return Posted(events, array=True)
 
 
-def not_found(what: str, key: str) -> ApiError:
-    return ApiError(404, f"no {what} with id {key!r}")
+def body_schema(model: type[BaseModel], *, array: bool = False) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a route that reads its body with ``json_body``."""
+    one = {"$ref": f"#/components/schemas/{model.__name__}"}
+    schema = {"oneOf": [one, {"type": "array", "items": one}]} if array else one
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def too_large() -> JSONResponse:
-    problem = f"is larger than {MAX_BODY_BYTES} bytes"
-    return error_response(413, f"request body {problem}", [{"field": "body", "problem": problem}])
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while the body is read: FastAPI lets an ``HTTPException`` through to the handlers."""
-
-    def __init__(self) -> None:
-        super().__init__(413)
-
-
-class BodyLimit:
-    """Refuses a body over ``MAX_BODY_BYTES`` before anything parses it: at once
-    when its Content-Length says so, else as soon as the bytes read pass it.
-
-    FastAPI's own ``max_body_size`` answers a declared length in plain text,
-    whatever the handlers say; this answers in the API's error shape.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            await too_large()(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise BodyTooLarge
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Whatever refuses a request, the client gets the one error shape."""
-
-    @app.exception_handler(RequestValidationError)
-    async def request_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return invalid(field_problems(error.errors(), from_request=True))
-
-    @app.exception_handler(ValidationError)
-    async def model_invalid(request: Request, error: ValidationError) -> JSONResponse:
-        return invalid(field_problems(error.errors(), from_request=False))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return error_response(error.status_code, str(error.detail), headers=error.headers)
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
-        return too_large()
-
-    @app.exception_handler(ApiError)
-    async def refused(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.error, error.fields)
-
-    @app.exception_handler(StoreUnavailable)
-    async def unavailable(request: Request, error: StoreUnavailable) -> JSONResponse:
-        return error_response(503, f"the store is busy or unavailable, try again: {error}")
-
-    @app.exception_handler(CorruptRecord)
-    async def corrupt(request: Request, error: CorruptRecord) -> JSONResponse:
-        return error_response(500, str(error))
+BODY_MODELS = (NewEvent, SubscriptionFields, SubscriptionPatch)
 
 
 def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callable[[], bool]) -> FastAPI:
@@ -221,69 +172,145 @@ def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callab
     app = FastAPI(
         title="fc-dev",
         description="The stream processor with its embedded store, for development.",
+        dependencies=[Depends(once_each)],
     )
     app.add_middleware(BodyLimit)
     install_error_handlers(app)
     add_ops_routes(app, metrics, health, alive)
+    errors = documents.error_responses
 
-    @app.post("/api/events", status_code=201)
+    @app.post(
+        "/api/events",
+        status_code=201,
+        response_model=documents.Published,
+        responses=errors(409, 413, 415, 422, 503),
+        openapi_extra=body_schema(NewEvent, array=True),
+    )
     def publish(
-        body: Annotated[JsonValue, Body(description="an event, or an array of events")],
+        posted: Annotated[
+            Posted, Depends(json_body(events_of, "must be an event (a JSON object) or an array of events"))
+        ],
     ) -> dict[str, list[str]]:
         """One event or an array of them; a batch is written whole or not at all."""
-        batch = isinstance(body, list)
-        events = EVENT_BATCH.validate_python(body) if batch else [NewEvent.model_validate(body)]
         try:
-            return {"ids": catalog.insert_events([event.model_dump() for event in events])}
+            return {"ids": catalog.insert_events([event.model_dump() for event in posted.events])}
         except EventExists as error:
-            field = f"[{error.index}].id" if batch else "id"
+            field = f"[{error.index}].id" if posted.array else "id"
             raise ApiError(409, str(error), [{"field": field, "problem": "is taken"}]) from None
 
-    @app.post("/api/subscriptions", status_code=201)
-    def create_subscription(fields: SubscriptionFields) -> dict[str, Any]:
+    subscription_responses: dict[int | str, dict[str, Any]] = {200: {"model": documents.SubscriptionDocument}}
+
+    @app.post(
+        "/api/subscriptions",
+        status_code=201,
+        response_model=None,
+        responses={201: {"model": documents.SubscriptionDocument}, **errors(413, 415, 422, 503)},
+        openapi_extra=body_schema(SubscriptionFields),
+    )
+    def create_subscription(
+        fields: Annotated[
+            SubscriptionFields, Depends(json_body(SUBSCRIPTION_FIELDS.validate_json, "must be a JSON object"))
+        ],
+    ) -> dict[str, Any]:
         return subscription_document(catalog.create_subscription(fields))
 
-    @app.get("/api/subscriptions")
+    @app.get(
+        "/api/subscriptions",
+        response_model=None,
+        responses={200: {"model": documents.SubscriptionList}, **errors(422, 503)},
+    )
     def list_subscriptions(query: Annotated[SubscriptionQuery, Query()]) -> dict[str, list[dict[str, Any]]]:
+        """Every subscription, in the order they were created; one that breaks the
+        contract (written around the API) is listed with ``invalid``, the reason."""
         return {"items": [subscription_document(s) for s in catalog.subscriptions(query.client_id)]}
 
-    @app.get("/api/subscriptions/{subscription_id}")
+    @app.get(
+        "/api/subscriptions/{subscription_id}",
+        response_model=None,
+        responses={**subscription_responses, **errors(404, 503)},
+    )
     def get_subscription(subscription_id: str) -> dict[str, Any]:
         subscription = catalog.subscription(subscription_id)
         if subscription is None:
             raise not_found("subscription", subscription_id)
         return subscription_document(subscription)
 
-    @app.patch("/api/subscriptions/{subscription_id}")
-    def patch_subscription(subscription_id: str, patch: SubscriptionPatch) -> dict[str, Any]:
-        """Fields left out keep their value; the result must be a valid subscription."""
+    @app.patch(
+        "/api/subscriptions/{subscription_id}",
+        response_model=None,
+        responses={**subscription_responses, **errors(404, 413, 415, 422, 503)},
+        openapi_extra=body_schema(SubscriptionPatch),
+    )
+    def patch_subscription(
+        subscription_id: str,
+        patch: Annotated[
+            SubscriptionPatch, Depends(json_body(SUBSCRIPTION_PATCH.validate_json, "must be a JSON object"))
+        ],
+    ) -> dict[str, Any]:
+        """Fields left out keep their value; the result must be a valid subscription
+        (so a patch can mend one stored invalid)."""
         subscription = catalog.update_subscription(subscription_id, patch)
         if subscription is None:
             raise not_found("subscription", subscription_id)
         return subscription_document(subscription)
 
-    @app.delete("/api/subscriptions/{subscription_id}", status_code=204)
+    @app.delete("/api/subscriptions/{subscription_id}", status_code=204, responses=errors(404, 503))
     def delete_subscription(subscription_id: str) -> Response:
         if not catalog.delete_subscription(subscription_id):
             raise not_found("subscription", subscription_id)
         return Response(status_code=204)
 
-    @app.get("/api/dispatch-jobs")
+    @app.get(
+        "/api/dispatch-jobs",
+        response_model=None,
+        responses={200: {"model": documents.JobPage}, **errors(422, 503)},
+    )
     def dispatch_jobs(query: Annotated[JobQuery, Query()]) -> Page:
-        return catalog.dispatch_jobs(**query.model_dump())
+        filters = query.model_dump()
+        if query.status is not None:
+            filters["status"] = query.status.upper()
+        return catalog.dispatch_jobs(**filters)
 
-    @app.get("/api/dead-letters")
+    @app.get(
+        "/api/dead-letters",
+        response_model=None,
+        responses={200: {"model": documents.DeadLetterPage}, **errors(422, 503)},
+    )
     def dead_letters(query: Annotated[PageQuery, Query()]) -> Page:
         return catalog.dead_letters(**query.model_dump())
 
-    @app.get("/api/filter-failures")
+    @app.get(
+        "/api/filter-failures",
+        response_model=None,
+        responses={200: {"model": documents.FilterFailurePage}, **errors(422, 503)},
+    )
     def filter_failures(query: Annotated[FilterFailureQuery, Query()]) -> Page:
         """(event, subscription) pairs whose filter failed on the event: not matched, no job."""
         return catalog.filter_failures(**query.model_dump())
 
-    @app.get("/api/stats")
+    @app.get("/api/stats", response_model=None, responses={200: {"model": documents.Stats}, **errors(503)})
     def stats() -> dict[str, Any]:
         """Event counts by type, jobs and last match per subscription, activity per client."""
         return catalog.stats()
 
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def not_found(what: str, key: str) -> ApiError:
+    return ApiError(404, f"no {what} with id {key!r}")
+
+
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the models that routes read with ``json_body``
+    (FastAPI sees only a dependency there)."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, bodies = models_json_schema(
+            [(model, "validation") for model in BODY_MODELS], ref_template="#/components/schemas/{model}"
+        )
+        document.setdefault("components", {}).setdefault("schemas", {}).update(bodies["$defs"])
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -14,6 +14,8 @@ environment:
   FC_MONGO_URL                MongoDB URL (default mongodb://localhost:27017); sqlite:///PATH runs on
                               the embedded store instead, with nothing installed
   FC_MONGO_DB                 MongoDB database name (default flowcatalyst)
+  FC_METRICS_HOST             address of /metrics, /health, /live and /ready (default 0.0.0.0, every
+                              interface, as containers need; 127.0.0.1 keeps them on the machine)
   FC_METRICS_PORT             port of /metrics, /health, /live and /ready (default 9090; 0: none)
   FC_STREAM_BATCH_SIZE        most events per processing batch (default 100)
   FC_STREAM_BATCH_BYTES       most bytes of events per batch, but always one event (default 8 MiB)
@@ -24,6 +26,10 @@ environment:
                               (default 120): the catch-up reads this much either side
   FC_REDIS_URL                Redis URL for the resume token's mirror; unset: in memory (the store's
                               own checkpoint is the position)
+  FC_TARGET_POLICY            which webhook targets subscriptions may have: internal (default: any host
+                              but link-local and cloud metadata addresses) or public (dotted names and
+                              public addresses only)
+  FC_TARGET_NETWORKS          networks allowed whatever the policy, in CIDR form, comma-separated
   FC_LOG_LEVEL                trace, debug, info, warn, error (default: RUST_LOG's level, else info)
   RUST_LOG                    read when FC_LOG_LEVEL is unset, as existing manifests set it
   FC_STANDBY_ENABLED          true: run as one of several instances, only the leader processes

@@ -9,14 +9,18 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pymongo import uri_parser
+from pymongo.errors import ConfigurationError, InvalidURI
 
 from processor.stores.base import BATCH_BYTES, MAX_EVENT_BYTES
 from processor.stores.mongo import CATCH_UP_SKEW
+from processor.targets import TargetPolicy, parse_networks
 
 SHUTDOWN_GRACE_SECONDS = 20.0  # after a stop request, how long the batch in hand may take
 
@@ -43,11 +47,29 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Config(BaseSettings):
+class TargetSettings(BaseSettings):
+    """Which webhook targets subscriptions may have (``processor.targets``): read by
+    ``fc-stream-processor`` and ``fc-dev`` alike."""
+
     model_config = SettingsConfigDict(env_prefix="FC_", case_sensitive=False, extra="ignore")
 
+    target_policy: Literal["internal", "public"] = "internal"
+    target_networks: str = ""
+
+    @field_validator("target_networks")
+    @classmethod
+    def _networks(cls, text: str) -> str:
+        parse_networks(text)
+        return text
+
+    def targets(self) -> TargetPolicy:
+        return TargetPolicy(self.target_policy, parse_networks(self.target_networks))
+
+
+class Config(TargetSettings):
     mongo_url: str = "mongodb://localhost:27017"
     mongo_db: Annotated[str, Field(min_length=1)] = "flowcatalyst"
+    metrics_host: Annotated[str, Field(min_length=1)] = "0.0.0.0"  # containers publish it
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9090
     stream_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     stream_batch_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = BATCH_BYTES
@@ -73,8 +95,13 @@ class Config(BaseSettings):
 
     @field_validator("mongo_url")
     @classmethod
-    def _known_scheme(cls, url: str) -> str:
-        if urlsplit(url).scheme not in ("mongodb", "mongodb+srv", "sqlite"):
+    def _store_url(cls, url: str) -> str:
+        scheme = url.partition("://")[0]
+        if scheme == "sqlite":
+            embedded_file(url)
+        elif scheme in ("mongodb", "mongodb+srv"):
+            check_mongo_url(url)
+        else:
             raise ValueError("must be a mongodb://, mongodb+srv:// or sqlite:///path URL")
         return url
 
@@ -97,8 +124,7 @@ class Config(BaseSettings):
     @property
     def embedded_path(self) -> str | None:
         """The SQLite file when ``FC_MONGO_URL`` names the embedded store."""
-        parts = urlsplit(self.mongo_url)
-        return parts.path if parts.scheme == "sqlite" else None
+        return embedded_file(self.mongo_url) if self.mongo_url.startswith("sqlite:") else None
 
     def level(self) -> int:
         """``FC_LOG_LEVEL``, else the default level of ``RUST_LOG`` (``info``,
@@ -118,9 +144,17 @@ def default_level(rust_log: str) -> str | None:
     return bare[-1] if bare else None
 
 
+S = TypeVar("S", bound=BaseSettings)
+
+
 def load() -> Config:
+    return load_settings(Config)
+
+
+def load_settings(settings: type[S]) -> S:
+    """``settings`` from the environment; ``ConfigError`` names each variable at fault."""
     try:
-        return Config()
+        return settings()
     except ValidationError as error:
         problems = []
         for detail in error.errors(include_url=False, include_input=False):
@@ -129,9 +163,58 @@ def load() -> Config:
         raise ConfigError("; ".join(problems)) from None
 
 
+def embedded_file(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL, whose directory must exist."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ValueError(
+            f"sqlite://{parts.netloc}{parts.path} names a host ({parts.netloc!r}); "
+            "write sqlite:///path, with three slashes, for a file"
+        )
+    if not parts.path or parts.path.endswith("/"):
+        raise ValueError("must name a file: sqlite:///path/to/file.db")
+    return in_existing_directory(parts.path)
+
+
+def in_existing_directory(path: str) -> str:
+    """``path``, if the directory it would be in exists: SQLite creates a file, not its directory."""
+    directory = Path(path).parent
+    if not directory.is_dir():
+        raise ValueError(f"the directory {str(directory)!r} of the store file does not exist")
+    return path
+
+
+def check_mongo_url(url: str) -> None:
+    """``url`` as pymongo's own parser reads it, without connecting: a
+    ``mongodb+srv://`` URL's host is looked up only when the client connects,
+    so its user, password and options are checked here, and its host then."""
+    try:
+        if url.startswith("mongodb+srv://"):
+            rest = url.removeprefix("mongodb+srv://")
+            authority, _, query = rest.partition("?")
+            userinfo, at, _ = authority.partition("/")[0].rpartition("@")
+            if at:
+                uri_parser.parse_userinfo(userinfo)
+            if query:
+                uri_parser.split_options(query, validate=True, warn=False)
+        else:
+            uri_parser.parse_uri(url, validate=True, warn=False)
+    except (InvalidURI, ConfigurationError, ValueError) as error:
+        hint = ""
+        if "@" in url and "escaped" not in str(error):
+            hint = " (a '/', '@' or ':' in a user name or password must be escaped: urllib.parse.quote_plus)"
+        raise ValueError(f"is not a MongoDB URL pymongo can read: {error}{hint}") from None
+
+
 _CREDENTIALS = re.compile(r"(?<=//)([^/@:]*):[^/@]*@")
+# Options that carry secrets: passwords (tlsCertificateKeyFilePassword, ...) and
+# authMechanismProperties (AWS_SESSION_TOKEN:...).
+_SECRET_OPTIONS = re.compile(
+    r"(?i)([?&;](?:[a-z]*password|authmechanismproperties|[a-z]*(?:secret|token))=)[^&;]*"
+)
 
 
-def redact(url: str) -> str:
-    """``url`` with its password masked, fit for a log line (multi-host URLs too)."""
-    return _CREDENTIALS.sub(r"\1:***@", url)
+def redact(text: str) -> str:
+    """``text`` with the passwords and secret options of the URLs in it masked,
+    fit for a log line (multi-host URLs too)."""
+    return _SECRET_OPTIONS.sub(r"\1***", _CREDENTIALS.sub(r"\1:***@", text))

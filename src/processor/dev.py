@@ -12,21 +12,31 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
+from processor import targets
 from processor.api import MAX_PAGE_SIZE, NewEvent, create_app
-from processor.config import SHUTDOWN_GRACE_SECONDS
+from processor.config import (
+    SHUTDOWN_GRACE_SECONDS,
+    ConfigError,
+    TargetSettings,
+    in_existing_directory,
+    load_settings,
+)
 from processor.health import Health, Watchdog
 from processor.loop import Processor
 from processor.metrics import Metrics
-from processor.models import SubscriptionFields
+from processor.models import Subscription, SubscriptionFields
+from processor.ops import listen
 from processor.shutdown import abandon
 from processor.stores.sqlite import Catalog, SqliteStore
 
@@ -83,18 +93,53 @@ DEMO_EVENTS: list[dict[str, Any]] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line and exit 2, as every configuration error is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fc-dev",
         description="Run the embedded store, the stream processor and its HTTP API together.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=port, default=8080, help="port to listen on (default: %(default)s)")
     parser.add_argument("--db", default="./fc-dev.db", help="SQLite database file (default: %(default)s)")
     parser.add_argument(
         "--demo", action="store_true", help="create example subscriptions, publish sample events, show them"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        in_existing_directory(args.db)
+    except ValueError as error:
+        parser.error(f"--db: {error}")
+    return args
+
+
+def port(text: str) -> int:
+    number = int(text) if text.isdigit() else -1
+    if not 0 < number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return number
+
+
+def start(args: argparse.Namespace) -> tuple[SqliteStore, socket.socket]:
+    """The store and the listening socket, or ``ConfigError`` in one line."""
+    targets.configure(load_settings(TargetSettings).targets())
+    try:
+        store = SqliteStore(args.db, from_beginning=True)
+    except sqlite3.Error as error:
+        raise ConfigError(f"--db: cannot open the store file {args.db!r}: {error}") from None
+    try:
+        return store, listen(args.host, args.port)
+    except OSError as error:
+        store.close()
+        raise ConfigError(
+            f"--host / --port: cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -102,13 +147,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    store = SqliteStore(args.db, from_beginning=True)
+    try:
+        store, listener = start(args)
+    except ConfigError as error:
+        print(f"fc-dev: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     metrics, health = Metrics(), Health()
     processor = Processor(store, metrics=metrics, health=health)
     worker = threading.Thread(target=processor.run, name="processor", daemon=True)
     catalog = Catalog(args.db, wakeup=store.wakeup)
     app = create_app(catalog, metrics, health, alive=worker.is_alive)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     base_url = f"http://{args.host}:{args.port}"
 
     def stop_processor(signum: int, frame: FrameType | None) -> None:
@@ -123,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         threading.Thread(
             target=run_demo, args=(catalog, health, server, base_url), name="demo", daemon=True
         ).start()
+    # The socket listens already: a client that connects from here on is served.
     log.info("serving %s (API docs at %s/docs), store %s", base_url, base_url, args.db)
     try:
         with Watchdog(health):
-            server.run()
+            server.run(sockets=[listener])
     finally:
         log.info("stopping: the processor finishes its current batch")
         processor.stop()
@@ -135,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             abandon(health, SHUTDOWN_GRACE_SECONDS)
         catalog.close()
         store.close()
+        listener.close()
 
 
 def run_demo(catalog: Catalog, health: Health, server: uvicorn.Server, base_url: str) -> None:
@@ -186,7 +237,11 @@ def demo_subscriptions(catalog: Catalog) -> dict[str, str]:
         fields = SubscriptionFields.model_validate(
             {"target": "https://example.com/hooks/demo", "pool_code": "demo", **document}
         )
-        found = [s for s in catalog.subscriptions(fields.client_id) if s.name == fields.name]
+        found = [
+            s
+            for s in catalog.subscriptions(fields.client_id)
+            if isinstance(s, Subscription) and s.name == fields.name
+        ]
         subscription = found[0] if found else catalog.create_subscription(fields)
         names[subscription.id] = subscription.name
     return names

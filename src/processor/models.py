@@ -28,16 +28,13 @@ from pydantic import (
 
 from fastmatch import validate_event_type, validate_pattern
 from processor.filters import EventFilters
+from processor.targets import checked_target
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 1000  # characters of a subscription's name or pool code
+MAX_SEGMENT_LENGTH = 256  # characters of one segment of a pattern
 MAX_DEAD_LETTER_RAW = 64 * 1024  # bytes of an invalid event's raw document a dead letter keeps
-
-
-def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")) or len(text) <= len("https://"):
-        raise ValueError("must be an http:// or https:// URL")
-    return text
 
 
 def _utc(moment: datetime) -> datetime:
@@ -65,12 +62,30 @@ def _time_input(value: object) -> object:
     raise ValueError(f"must be a time (RFC 3339 text), not {type(value).__name__}")
 
 
-Text = Annotated[StrictStr, StringConstraints(min_length=1)]
+def _visible(text: str) -> str:
+    if text.isspace():
+        raise ValueError("is only whitespace; give it a visible name")
+    return text
+
+
+def _short_segments(pattern: str) -> str:
+    for position, segment in enumerate(pattern.split(":"), start=1):
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise ValueError(
+                f"segment {position} is {len(segment)} characters long; "
+                f"at most {MAX_SEGMENT_LENGTH} are allowed"
+            )
+    return pattern
+
+
+Text = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH), AfterValidator(_visible)
+]
 Identifier = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 # fastmatch's InvalidPattern is a ValueError, which pydantic reports as the field's error.
 EventType = Annotated[StrictStr, AfterValidator(validate_event_type)]
-Pattern = Annotated[StrictStr, AfterValidator(validate_pattern)]
-Url = Annotated[StrictStr, AfterValidator(_http_url)]
+Pattern = Annotated[StrictStr, AfterValidator(validate_pattern), AfterValidator(_short_segments)]
+Url = Annotated[StrictStr, AfterValidator(checked_target)]
 UtcTime = Annotated[datetime, BeforeValidator(_time_input), AfterValidator(_utc)]
 
 

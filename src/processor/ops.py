@@ -6,6 +6,7 @@ beside the API by ``fc-dev``."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
@@ -47,12 +48,31 @@ def add_ops_routes(app: FastAPI, metrics: Metrics, health: Health, alive: Callab
         return JSONResponse({"status": "UP" if up else "DOWN", "role": report["role"]}, 200 if up else 503)
 
 
-class OpsServer:
-    """The ops endpoints on their own port, in a background thread."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, for uvicorn to serve on: bound
+    at start, so that a port in use is a configuration error (``OSError``), and
+    so that a client that connects once this returns is served."""
+    family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        self._thread = threading.Thread(target=self.server.run, name="ops-http", daemon=True)
+
+class OpsServer:
+    """The ops endpoints on their own socket (``listen``), in a background thread."""
+
+    def __init__(self, app: FastAPI, listener: socket.socket) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self._listener = listener
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [listener]}, name="ops-http", daemon=True
+        )
 
     def __enter__(self) -> OpsServer:
         self._thread.start()
@@ -61,6 +81,7 @@ class OpsServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=5)
+        self._listener.close()
 
 
 def ops_app(metrics: Metrics, health: Health, alive: Callable[[], bool]) -> FastAPI:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -22,12 +24,13 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
+from processor import targets
 from processor.config import Config, ConfigError, redact
 from processor.health import Health, Watchdog
 from processor.leader import LeaderLock, Renewer, epoch_key
 from processor.loop import Processor, Settings, Stopped
 from processor.metrics import Metrics
-from processor.ops import OpsServer, ops_app
+from processor.ops import OpsServer, listen, ops_app
 from processor.shutdown import abandon
 from processor.stores.base import Fenced, Store, StoreMisconfigured
 from processor.stores.mongo import (
@@ -48,6 +51,7 @@ class Runner:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        targets.configure(config.targets())  # before any subscription is read
         self.lock = leader_lock(config) if config.standby_enabled else None
         shared = config.standby_enabled and lock_url(config) == config.redis_url
         metrics = Metrics()
@@ -56,6 +60,16 @@ class Runner:
         )
         settings = Settings(batch_size=config.stream_batch_size, batch_bytes=config.stream_batch_bytes)
         self.processor = Processor(self.store, settings, metrics, Health(config.thresholds()))
+        self.listener: socket.socket | None = None
+        if config.metrics_port:
+            try:
+                self.listener = listen(config.metrics_host, config.metrics_port)
+            except OSError as error:
+                self.store.close()
+                raise ConfigError(
+                    f"FC_METRICS_HOST / FC_METRICS_PORT: cannot listen on {config.metrics_host}:"
+                    f"{config.metrics_port}: {error.strerror or error}"
+                ) from None
 
     def run(self) -> int:
         """Process until SIGTERM or SIGINT; the process's exit code."""
@@ -88,9 +102,9 @@ class Runner:
             stack.callback(self.store.close)
             worker.start()
             stack.enter_context(Watchdog(processor.health))
-            if config.metrics_port:
+            if self.listener is not None:
                 app = ops_app(processor.metrics, processor.health, alive=worker.is_alive)
-                stack.enter_context(OpsServer(app, "0.0.0.0", config.metrics_port))
+                stack.enter_context(OpsServer(app, self.listener))
             while worker.is_alive() and not processor.stop_requested.is_set():
                 wake.wait(1.0)
                 wake.clear()
@@ -179,11 +193,16 @@ def open_store(
     what must run before processing starts. ``lock_epoch_key``: the leader lock's
     epoch counter, when it lives on the token mirror's Redis."""
     if config.embedded_path is not None:
-        embedded = SqliteStore(
-            config.embedded_path,
-            resume_key=config.stream_resume_token_key,
-            max_event_bytes=config.stream_max_event_bytes,
-        )
+        try:
+            embedded = SqliteStore(
+                config.embedded_path,
+                resume_key=config.stream_resume_token_key,
+                max_event_bytes=config.stream_max_event_bytes,
+            )
+        except (sqlite3.Error, StoreMisconfigured) as error:
+            raise ConfigError(
+                f"FC_MONGO_URL: cannot open the store file {config.embedded_path!r}: {error}"
+            ) from None
         return embedded, None
     driver = DriverEvents(resumed=metrics.driver_resumes.inc, elected=metrics.primary_changes.inc)
     client: MongoClient[dict[str, Any]] = MongoClient(

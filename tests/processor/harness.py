@@ -41,6 +41,16 @@ def answers(url: str) -> bool:
     return True
 
 
+def assert_refused(response: httpx.Response, status: int, *fields: str) -> dict[str, Any]:
+    """The one error shape, naming exactly ``fields``."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error", "fields"} and body["error"]
+    assert [problem["field"] for problem in body["fields"]] == list(fields), body
+    assert all(problem["problem"] for problem in body["fields"])
+    return body
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,8 +24,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.api import MAX_BODY_BYTES
-from tests.processor.harness import Publisher, free_port, wait_until
+from processor.http_errors import MAX_BODY_BYTES
+from tests.processor.harness import Publisher, assert_refused, free_port, wait_until
 
 FC_DEV = Path(sys.executable).with_name("fc-dev")
 STARTUP = 15.0  # seconds for the child to serve and its processor to connect
@@ -140,16 +141,6 @@ def fc_dev(tmp_path: Path) -> Iterator[FcDev]:
     yield dev
     assert dev.stop() == 0, dev.log()
     assert "Traceback" not in dev.log()
-
-
-def assert_refused(response: httpx.Response, status: int, *fields: str) -> dict[str, Any]:
-    """The one error shape, naming exactly ``fields``."""
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"error", "fields"} and body["error"]
-    assert [problem["field"] for problem in body["fields"]] == list(fields), body
-    assert all(problem["problem"] for problem in body["fields"])
-    return body
 
 
 def event(event_id: str, event_type: str, client_id: str = SHOP, **fields: Any) -> dict[str, Any]:
@@ -280,7 +271,7 @@ def test_an_invalid_subscription_is_refused_naming_the_field(fc_dev: FcDev) -> N
         assert_refused(response, 422, field)
     missing = {key: value for key, value in valid.items() if key != "pool_code"}
     assert_refused(fc_dev.http.post("/api/subscriptions", json=missing), 422, "pool_code")
-    assert_refused(fc_dev.http.post("/api/subscriptions", content=b"{"), 422, "body")
+    assert_refused(fc_dev.http.post("/api/subscriptions", content=b"{", headers=JSON_BODY), 422, "body")
     assert fc_dev.http.get("/api/subscriptions").json() == {"items": []}
 
 
@@ -367,7 +358,7 @@ def test_a_batch_is_inserted_whole_or_not_at_all(fc_dev: FcDev) -> None:
     assert "'taken'" in body["error"]
     assert_refused(post("/api/events", json=event("taken", SHIPPED)), 409, "id")
     assert_refused(
-        post("/api/events", json=[event("twice", SHIPPED), event("twice", SHIPPED)]), 409, "[1].id"
+        post("/api/events", json=[event("twice", SHIPPED), event("twice", SHIPPED)]), 422, "[1].id"
     )
 
     fc_dev.publish(event("last", SHIPPED))
@@ -527,3 +518,61 @@ def test_the_demo_shows_jobs_and_says_where_to_look(tmp_path: Path) -> None:
         assert {job["subscription_id"] for job in jobs} <= active
     finally:
         assert dev.stop(signal.SIGINT) == 0, dev.log()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--port", "99999"], "--port"),
+        (["--port", "0"], "--port"),
+        (["--db", "/no-such-directory-here/x.db"], "--db"),
+    ],
+)
+def test_fc_dev_refuses_a_bad_flag_in_one_line_with_exit_2(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    done = subprocess.run(
+        [str(FC_DEV), "--db", str(tmp_path / "x.db"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], done.stderr
+
+
+def test_fc_dev_on_a_port_in_use_says_which_and_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [str(FC_DEV), "--db", str(tmp_path / "x.db"), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], done.stderr
+
+
+def test_fc_dev_says_serving_once_a_client_can_connect(tmp_path: Path) -> None:
+    db, output, port = tmp_path / "fc-dev.db", tmp_path / "fc-dev.log", free_port()
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(FC_DEV), "--db", str(db), "--port", str(port)], stdout=sink, stderr=sink
+        )
+    try:
+        wait_until(
+            lambda: "serving" in output.read_text(), timeout=STARTUP, message="fc-dev to say it serves"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # refused before: the line came before the port was bound
+        assert httpx.get(f"http://127.0.0.1:{port}/live", timeout=10).status_code in (200, 503)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, output.read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import Config
+from processor.config import Config, redact
 from tests.processor.harness import wait_until
 
 EXECUTABLE = Path(sys.executable).parent / "fc-stream-processor"
@@ -53,6 +54,18 @@ def test_help_lists_every_variable() -> None:
         ("FC_MONGO_URL", "http://x"),
         ("FC_REDIS_URL", "nope"),
         ("FC_LOG_LEVEL", "loud"),
+        # Issue 17: each of these ran on a throwaway database or ended in a traceback.
+        ("FC_MONGO_URL", "sqlite://name.db"),
+        ("FC_MONGO_URL", "sqlite:///no-such-directory-here/a.db"),
+        ("FC_MONGO_URL", "sqlite:///"),
+        ("FC_MONGO_URL", "mongodb://user:pa/ss@127.0.0.1/db"),
+        ("FC_MONGO_URL", "mongodb://user:pa@ss@127.0.0.1/db"),
+        ("FC_MONGO_URL", "mongodb+srv://user:pa@ss@cluster.example.com/db"),
+        ("FC_MONGO_URL", "mongodb://127.0.0.1:99999"),
+        ("FC_MONGO_URL", "mongodb://127.0.0.1/?retryWritse=true"),
+        ("FC_TARGET_POLICY", "open"),
+        ("FC_TARGET_NETWORKS", "10.0.0.0/33"),
+        ("FC_METRICS_HOST", ""),
     ],
 )
 def test_a_bad_value_exits_2_with_one_line_naming_it(variable: str, value: str) -> None:
@@ -62,6 +75,29 @@ def test_a_bad_value_exits_2_with_one_line_naming_it(variable: str, value: str) 
     assert len(lines) == 1, done.stderr
     assert variable in lines[0]
     assert "Traceback" not in done.stderr
+    assert "pa/ss" not in done.stderr and "pa@ss" not in done.stderr
+
+
+def test_a_metrics_port_in_use_exits_2_saying_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(
+            FC_MONGO_URL=f"sqlite:///{tmp_path}/store.db",
+            FC_METRICS_HOST="127.0.0.1",
+            FC_METRICS_PORT=str(port),
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FC_METRICS_PORT" in lines[0] and "in use" in lines[0], done.stderr
+
+
+def test_secret_options_of_the_url_are_masked_in_the_log() -> None:
+    url = "mongodb://u:pw1@h1,h2/?tlsCertificateKeyFilePassword=pw2&authMechanismProperties=AWS_SESSION_TOKEN:pw3&w=1"
+    shown = redact(url)
+    assert not any(secret in shown for secret in ("pw1", "pw2", "pw3")), shown
+    assert shown.startswith("mongodb://u:***@h1,h2/") and shown.endswith("&w=1")
 
 
 class Output:
@@ -93,7 +129,8 @@ def test_an_unreachable_mongodb_is_retried_without_showing_the_password_and_sigt
     process = subprocess.Popen(
         [str(EXECUTABLE)],
         env=environment(
-            FC_MONGO_URL="mongodb://user:s3cret@127.0.0.1:9/?serverSelectionTimeoutMS=200",
+            FC_MONGO_URL="mongodb://user:s3cret@127.0.0.1:9/?serverSelectionTimeoutMS=200"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:s3cret",
             FC_METRICS_PORT="0",
             FC_LOG_LEVEL="info",
         ),

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from processor.config import Thresholds
 from processor.health import Health
 from processor.loop import Processor
-from processor.ops import OpsServer, ops_app
+from processor.ops import OpsServer, listen, ops_app
 from processor.stores.base import (
     BATCH_BYTES,
     Batch,
@@ -110,10 +110,11 @@ def served(db: Path, publisher: Publisher) -> Iterator[tuple[VanishingStore, str
     store = VanishingStore(db)
     health = Health(Thresholds(disconnected_grace=0.3, window=5.0))
     processor = Processor(store, FAST, health=health)
-    port = free_port()
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
     app = ops_app(processor.metrics, health, alive=lambda: True)
     thread = threading.Thread(target=processor.run, daemon=True)
-    with OpsServer(app, "127.0.0.1", port):
+    with OpsServer(app, listener):
         thread.start()
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{base}/live"), message="the ops server")

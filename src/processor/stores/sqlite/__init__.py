@@ -4,7 +4,13 @@
 the change feed over ``events``, ``store`` the processor's side, ``catalog``
 the API's side. Outside this package, only the names below are used."""
 
-from processor.stores.sqlite.catalog import Catalog, CorruptRecord, EventExists, Page, subscription_document
+from processor.stores.sqlite.catalog import (
+    Catalog,
+    EventExists,
+    InvalidSubscription,
+    Page,
+    subscription_document,
+)
 from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed
 from processor.stores.sqlite.rows import job_from_row, job_row, timestamp
 from processor.stores.sqlite.schema import LEGACY_JOBS_TABLE, connect, transaction
@@ -16,8 +22,8 @@ __all__ = [
     "LEGACY_JOBS_TABLE",
     "RESUME_KEY",
     "Catalog",
-    "CorruptRecord",
     "EventExists",
+    "InvalidSubscription",
     "Page",
     "SqliteFeed",
     "SqliteStore",

@@ -10,6 +10,7 @@ because the API calls it from a pool of threads.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import sqlite3
 import threading
@@ -61,8 +62,15 @@ class EventExists(Exception):
         self.index = index  # position in the batch
 
 
-class CorruptRecord(Exception):
-    """A stored row, written around the API, that breaks the contract."""
+@dataclass(frozen=True, slots=True)
+class InvalidSubscription:
+    """A stored row, written around the API, that breaks the contract: shown as
+    stored, with why, so that an operator can see it and fix or delete it;
+    the processor refuses it (and counts it in ``fc_stream_subscriptions_invalid_total``)."""
+
+    id: str
+    stored: dict[str, Any]  # its columns, as JSON can carry them
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +79,12 @@ class Page:
     next: int | None  # pass as ``after`` for the next page; None on the last one
 
 
-def subscription_document(subscription: SubscriptionFields) -> dict[str, Any]:
+def subscription_document(subscription: SubscriptionFields | InvalidSubscription) -> dict[str, Any]:
     """A subscription as JSON, its filters exactly as written: a condition's
-    ``value`` left out stays left out, so the document validates again."""
+    ``value`` left out stays left out, so the document validates again. An
+    invalid one is its stored columns and ``invalid``, the reason."""
+    if isinstance(subscription, InvalidSubscription):
+        return {**subscription.stored, "id": subscription.id, "invalid": subscription.reason}
     filters = subscription.filters
     return {
         **subscription.model_dump(mode="json", exclude={"filters"}),
@@ -121,7 +132,7 @@ class Catalog:
             )
         return Subscription.model_validate({**document, "id": subscription_id})
 
-    def subscriptions(self, client_id: str | None = None) -> list[Subscription]:
+    def subscriptions(self, client_id: str | None = None) -> list[Subscription | InvalidSubscription]:
         with self._session(write=False) as connection:
             rows = connection.execute(
                 "SELECT * FROM subscriptions WHERE ? IS NULL OR client_id = ? ORDER BY rowid",
@@ -129,7 +140,7 @@ class Catalog:
             ).fetchall()
         return [_subscription(row) for row in rows]
 
-    def subscription(self, subscription_id: str) -> Subscription | None:
+    def subscription(self, subscription_id: str) -> Subscription | InvalidSubscription | None:
         with self._session(write=False) as connection:
             row = _subscription_row_by_id(connection, subscription_id)
         return None if row is None else _subscription(row)
@@ -305,8 +316,19 @@ def _stored(row: sqlite3.Row) -> dict[str, Any]:
     return decode_subscription_row({column: row[column] for column in SUBSCRIPTION_COLUMNS})
 
 
-def _subscription(row: sqlite3.Row) -> Subscription:
+def _subscription(row: sqlite3.Row) -> Subscription | InvalidSubscription:
+    document = _stored(row)
     try:
-        return Subscription.model_validate(_stored(row))
+        return Subscription.model_validate(document)
     except ValidationError as error:
-        raise CorruptRecord(f"stored subscription {row['id']!r} is invalid: {describe(error)}") from None
+        shown = {column: _shown(value) for column, value in document.items() if column != "id"}
+        return InvalidSubscription(str(row["id"]), shown, describe(error))
+
+
+def _shown(value: Any) -> Any:
+    """A stored value as JSON can carry it: bytes and numbers JSON has not as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
