@@ -48,7 +48,16 @@ from jsonpath_rfc9535.filter_expressions import (
 from jsonpath_rfc9535.function_extensions import ExpressionType, FilterFunction
 from jsonpath_rfc9535.segments import JSONPathChildSegment, JSONPathRecursiveDescentSegment, JSONPathSegment
 from jsonpath_rfc9535.selectors import FilterSelector, IndexSelector, NameSelector, WildcardSelector
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, StrictStr, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    StrictStr,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 
 from processor.iregexp import InvalidIRegexp, Program, program
 from processor.json_values import Json, JsonObject
@@ -445,13 +454,45 @@ def _query(expression: str) -> str:
     return expression
 
 
-JsonPath = Annotated[StrictStr, AfterValidator(_query)]
+# Every query of this form is accepted (member names from the root); any other
+# RFC 9535 query the matcher can evaluate in bounded time is too.
+JSON_PATH_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\$(\.[A-Za-z_][A-Za-z0-9_]{0,30}){1,5}$",
+    "description": "an RFC 9535 JSONPath query, whose cost is bounded: no descendant segments under "
+    "filters, no backtracking regexes",
+}
+JsonPath = Annotated[StrictStr, AfterValidator(_query), WithJsonSchema(JSON_PATH_SCHEMA)]
+
+
+def _condition_schema(schema: dict[str, Any]) -> None:
+    """The rule ``_value_fits_op`` holds, as JSON Schema: ``exists`` takes no
+    value, ``in`` and ``nin`` a list, the others any JSON value."""
+    path = JSON_PATH_SCHEMA
+    shapes: list[tuple[dict[str, Any], list[str]]] = [
+        ({"op": {"enum": ["exists"]}}, ["path", "op"]),
+        ({"op": {"enum": ["in", "nin"]}, "value": {"type": "array"}}, ["path", "op", "value"]),
+        (
+            {"op": {"enum": [op for op in OPERATORS if op not in ("exists", "in", "nin")]}, "value": {}},
+            ["path", "op", "value"],
+        ),
+    ]
+    schema.clear()
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "properties": {"path": path, **properties},
+            "required": required,
+            "additionalProperties": False,
+        }
+        for properties, required in shapes
+    ]
 
 
 class PayloadCondition(BaseModel):
     """``{"path": ..., "op": ..., "value": ...}``: true when a selected node satisfies ``op``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_condition_schema)
 
     path: JsonPath
     op: Operator

@@ -24,11 +24,12 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 
 from fastmatch import validate_event_type, validate_pattern
 from processor.filters import EventFilters
-from processor.targets import checked_target
+from processor.targets import MAX_TARGET_LENGTH, checked_target
 
 PENDING: Final = "PENDING"
 MAX_ID_LENGTH = 256
@@ -63,7 +64,7 @@ def _time_input(value: object) -> object:
 
 
 def _visible(text: str) -> str:
-    if text.isspace():
+    if not _VISIBLE.search(text):
         raise ValueError("is only whitespace; give it a visible name")
     return text
 
@@ -78,14 +79,48 @@ def _short_segments(pattern: str) -> str:
     return pattern
 
 
+# Not whitespace as JSON Schema (ECMAScript) counts it, so that the validator
+# and the document's pattern agree character for character.
+VISIBLE = r"[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+_VISIBLE = re.compile(VISIBLE)
+SEGMENT = r"[A-Za-z0-9_.\-]"
+# JSON Schema for the constrained strings, so that a schema-driven client writes
+# valid ones; the validators above each say what is wrong when one is not.
+EVENT_TYPE_SCHEMA = {"type": "string", "pattern": rf"^{SEGMENT}+(:{SEGMENT}+){{3}}$"}
+PATTERN_SCHEMA = {
+    "type": "string",
+    "pattern": rf"^({SEGMENT}{{1,{MAX_SEGMENT_LENGTH}}}|\*)(:({SEGMENT}{{1,{MAX_SEGMENT_LENGTH}}}|\*)){{3}}$",
+}
+TARGET_SCHEMA = {
+    "type": "string",
+    "maxLength": MAX_TARGET_LENGTH,
+    # Every URL of this form is accepted under the default policy; other valid
+    # forms are too (IP literals, user info, international names, any path),
+    # as the description says.
+    "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z][A-Za-z0-9\-]*(\.[A-Za-z][A-Za-z0-9\-]*)*(:[1-9][0-9]{0,3})?"
+    r"(/[A-Za-z0-9._~\-]*)*$",
+    "description": "an http:// or https:// URL with a host, without spaces or control characters; "
+    "stored in normal form; FC_TARGET_POLICY decides which hosts are allowed",
+}
+TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_LENGTH, "pattern": VISIBLE}
+
+
 Text = Annotated[
-    StrictStr, StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH), AfterValidator(_visible)
+    StrictStr,
+    StringConstraints(min_length=1, max_length=MAX_TEXT_LENGTH),
+    AfterValidator(_visible),
+    WithJsonSchema(TEXT_SCHEMA),
 ]
 Identifier = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 # fastmatch's InvalidPattern is a ValueError, which pydantic reports as the field's error.
-EventType = Annotated[StrictStr, AfterValidator(validate_event_type)]
-Pattern = Annotated[StrictStr, AfterValidator(validate_pattern), AfterValidator(_short_segments)]
-Url = Annotated[StrictStr, AfterValidator(checked_target)]
+EventType = Annotated[StrictStr, AfterValidator(validate_event_type), WithJsonSchema(EVENT_TYPE_SCHEMA)]
+Pattern = Annotated[
+    StrictStr,
+    AfterValidator(validate_pattern),
+    AfterValidator(_short_segments),
+    WithJsonSchema(PATTERN_SCHEMA),
+]
+Url = Annotated[StrictStr, AfterValidator(checked_target), WithJsonSchema(TARGET_SCHEMA)]
 UtcTime = Annotated[datetime, BeforeValidator(_time_input), AfterValidator(_utc)]
 
 

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
+from processor.api import create_app
+from processor.health import Health
 from processor.loop import Processor, Settings
+from processor.metrics import Metrics
 from processor.stores.base import Store
-from processor.stores.sqlite import connect
+from processor.stores.sqlite import Catalog, connect
 
 FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
 
@@ -55,6 +59,30 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serving(catalog: Catalog) -> Iterator[httpx.Client]:
+    """The API on a free port, until the block ends; a client that opens a
+    connection per request, since the server may close one after a refusal."""
+    app = create_app(catalog, Metrics(), Health(), alive=lambda: True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    http = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+    )
+    try:
+        wait_until(lambda: server.started, timeout=30, message="the API to serve")
+        yield http
+    finally:
+        http.close()
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
 
 
 class Clock:

@@ -531,6 +531,11 @@ def test_the_demo_shows_jobs_and_says_where_to_look(tmp_path: Path) -> None:
 def test_fc_dev_refuses_a_bad_flag_in_one_line_with_exit_2(
     tmp_path: Path, flags: list[str], named: str
 ) -> None:
+    assert named in refusal_of_fc_dev(tmp_path, *flags)
+
+
+def refusal_of_fc_dev(tmp_path: Path, *flags: str) -> str:
+    """The one line ``fc-dev`` exits 2 with, given ``flags``."""
     done = subprocess.run(
         [str(FC_DEV), "--db", str(tmp_path / "x.db"), *flags],
         capture_output=True,
@@ -540,7 +545,8 @@ def test_fc_dev_refuses_a_bad_flag_in_one_line_with_exit_2(
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0], done.stderr
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def test_fc_dev_on_a_port_in_use_says_which_and_exits_2(tmp_path: Path) -> None:
@@ -548,16 +554,8 @@ def test_fc_dev_on_a_port_in_use_says_which_and_exits_2(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = subprocess.run(
-            [str(FC_DEV), "--db", str(tmp_path / "x.db"), "--port", port],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], done.stderr
+        line = refusal_of_fc_dev(tmp_path, "--port", port)
+    assert f"127.0.0.1:{port}" in line and "in use" in line, line
 
 
 def test_fc_dev_says_serving_once_a_client_can_connect(tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -20,19 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from processor import targets
-from processor.api import create_app
-from processor.health import Health
 from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
-from processor.metrics import Metrics
 from processor.models import Event, Subscription, SubscriptionFields
 from processor.stores.base import ProcessedBatch, SubscriptionChange
 from processor.stores.sqlite import Catalog, SqliteStore
 from processor.targets import TargetPolicy
-from tests.processor.harness import assert_refused, wait_until
+from tests.processor.harness import assert_refused, serving
 
 JSON_BODY = {"content-type": "application/json"}
 SUBSCRIPTION = {
@@ -42,30 +36,6 @@ SUBSCRIPTION = {
     "target": "https://hooks.example.com/in",
     "pool_code": "p",
 }
-
-
-@contextmanager
-def serving(catalog: Catalog) -> Iterator[httpx.Client]:
-    """The API on a free port, until the block ends; a client that opens a
-    connection per request, since the server may close one after a refusal."""
-    app = create_app(catalog, Metrics(), Health(), alive=lambda: True)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
-    http = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
-    )
-    try:
-        wait_until(lambda: server.started, timeout=30, message="the API to serve")
-        yield http
-    finally:
-        http.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        listener.close()
 
 
 @pytest.fixture(scope="module")
