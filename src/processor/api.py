@@ -144,7 +144,8 @@ class Posted:
 
 
 def events_of(body: bytes) -> Posted:
-    """One event or an array of them; an id given twice is refused, naming both places."""
+    """One event or an array of them; an id given twice is a conflict (409, as an
+    id taken already is), naming both places."""
     if body.lstrip()[:1] != b"[":
         return Posted([EVENT.validate_json(body)], array=False)
     events = EVENT_BATCH.validate_json(body)
@@ -152,7 +153,8 @@ def events_of(body: bytes) -> Posted:
     for index, event in enumerate(events):
         if event.id is not None and first.setdefault(event.id, index) != index:
             problem = f"repeats the id of [{first[event.id]}]; the ids of a batch must differ"
-            raise invalid([{"field": f"[{index}].id", "problem": problem}])
+            field = {"field": f"[{index}].id", "problem": problem}
+            raise ApiError(409, f"conflicting ids: [{index}].id: {problem}", [field])
     return Posted(events, array=True)
 
 

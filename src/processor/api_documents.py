@@ -117,7 +117,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meanings = {
         404: "no such resource",
         405: "the path does not take this method",
-        409: "an id is taken",
+        409: "an id is taken, or repeated within the batch",
         413: "the body is larger than 1 MiB",
         415: "the body is not sent as JSON",
         422: "the request breaks the contract; `fields` says where",

@@ -358,7 +358,7 @@ def test_a_batch_is_inserted_whole_or_not_at_all(fc_dev: FcDev) -> None:
     assert "'taken'" in body["error"]
     assert_refused(post("/api/events", json=event("taken", SHIPPED)), 409, "id")
     assert_refused(
-        post("/api/events", json=[event("twice", SHIPPED), event("twice", SHIPPED)]), 422, "[1].id"
+        post("/api/events", json=[event("twice", SHIPPED), event("twice", SHIPPED)]), 409, "[1].id"
     )
 
     fc_dev.publish(event("last", SHIPPED))

@@ -123,7 +123,7 @@ def test_an_id_repeated_within_one_batch_names_both_places_and_writes_nothing(
     api: httpx.Client, db: Path
 ) -> None:
     batch = [{"id": f"repeat-{n}", "type": "a:b:c:d", "client_id": "repeat"} for n in (0, 1, 0)]
-    refusal = assert_refused(api.post("/api/events", json=batch), 422, "[2].id")
+    refusal = assert_refused(api.post("/api/events", json=batch), 409, "[2].id")
     assert "[0]" in refusal["error"] and "exists already" not in refusal["error"]
     with closing(sqlite3.connect(db)) as sql:
         assert sql.execute("SELECT count(*) FROM events WHERE client_id = 'repeat'").fetchone() == (0,)
