@@ -489,7 +489,9 @@ class FakeCollection:
                 if position is None:
                     raise _command_error(260, "InvalidResumeToken", "invalid resume token")
                 start = position
-                lost = start < server.dropped_through
+                # MongoDB resumes only from an entry the oplog still holds: the
+                # token's own, even when nothing after it was dropped.
+                lost = start <= server.dropped_through
             elif start_at_operation_time is not None:
                 start = position_of(start_at_operation_time) - 1
                 lost = start < server.dropped_through
