@@ -41,7 +41,7 @@ from processor.stores.mongo import (
     TokenStore,
     prepare,
 )
-from processor.stores.sqlite import SqliteStore
+from processor.stores.sqlite import KeyClaimed, SqliteStore
 
 log = logging.getLogger("processor")
 
@@ -198,7 +198,13 @@ def open_store(
                 config.embedded_path,
                 resume_key=config.stream_resume_token_key,
                 max_event_bytes=config.stream_max_event_bytes,
+                exclusive=not config.standby_enabled,
             )
+        except KeyClaimed as error:
+            raise ConfigError(
+                f"FC_MONGO_URL / FC_STREAM_RESUME_TOKEN_KEY: {error}: stop it, give this one another "
+                "FC_STREAM_RESUME_TOKEN_KEY, or run both with FC_STANDBY_ENABLED=true so that one stands by"
+            ) from None
         except (sqlite3.Error, StoreMisconfigured) as error:
             raise ConfigError(
                 f"FC_MONGO_URL: cannot open the store file {config.embedded_path!r}: {error}"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,15 @@ def assert_refused(response: httpx.Response, status: int, *fields: str) -> dict[
     assert [problem["field"] for problem in body["fields"]] == list(fields), body
     assert all(problem["problem"] for problem in body["fields"])
     return body
+
+
+def refusal(command: list[str], env: Mapping[str, str] | None = None) -> str:
+    """The one line a console script refuses its configuration with, exiting 2."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.http_errors import MAX_BODY_BYTES
-from tests.processor.harness import Publisher, assert_refused, free_port, wait_until
+from tests.processor.harness import Publisher, assert_refused, free_port, refusal, wait_until
 
 FC_DEV = Path(sys.executable).with_name("fc-dev")
 STARTUP = 15.0  # seconds for the child to serve and its processor to connect
@@ -534,19 +534,9 @@ def test_fc_dev_refuses_a_bad_flag_in_one_line_with_exit_2(
     assert named in refusal_of_fc_dev(tmp_path, *flags)
 
 
-def refusal_of_fc_dev(tmp_path: Path, *flags: str) -> str:
+def refusal_of_fc_dev(tmp_path: Path, *flags: str, db: Path | None = None) -> str:
     """The one line ``fc-dev`` exits 2 with, given ``flags``."""
-    done = subprocess.run(
-        [str(FC_DEV), "--db", str(tmp_path / "x.db"), *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
+    return refusal([str(FC_DEV), "--db", str(db or tmp_path / "x.db"), *flags])
 
 
 def test_fc_dev_on_a_port_in_use_says_which_and_exits_2(tmp_path: Path) -> None:
@@ -556,6 +546,11 @@ def test_fc_dev_on_a_port_in_use_says_which_and_exits_2(tmp_path: Path) -> None:
         port = str(taken.getsockname()[1])
         line = refusal_of_fc_dev(tmp_path, "--port", port)
     assert f"127.0.0.1:{port}" in line and "in use" in line, line
+
+
+def test_a_second_fc_dev_on_the_same_db_exits_2_naming_the_first_s_pid(fc_dev: FcDev, tmp_path: Path) -> None:
+    line = refusal_of_fc_dev(tmp_path, "--port", str(free_port()), db=fc_dev.db)
+    assert "--db" in line and f"pid {fc_dev.process.pid}" in line, line
 
 
 def test_fc_dev_says_serving_once_a_client_can_connect(tmp_path: Path) -> None:

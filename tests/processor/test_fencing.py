@@ -101,7 +101,7 @@ def test_a_deposed_leaders_token_write_is_refused(client: redis.Redis, key: str)
 def test_a_deposed_leader_cannot_write_to_the_embedded_store(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     publisher = Publisher(db)
-    old, new = SqliteStore(db), SqliteStore(db)
+    old, new = SqliteStore(db, exclusive=False), SqliteStore(db, exclusive=False)
     old.fence(1, "old")
     old.open_feed(None)
     new.fence(2, "new")
@@ -141,7 +141,7 @@ def test_an_equal_epoch_from_another_holder_is_refused_by_both_stores(
 ) -> None:
     db = tmp_path / "store.db"
     Publisher(db)
-    first, second = SqliteStore(db), SqliteStore(db)
+    first, second = SqliteStore(db, exclusive=False), SqliteStore(db, exclusive=False)
     first.fence(7, "a 1")
     first.open_feed(None)
     with pytest.raises(Fenced) as refused:
@@ -164,12 +164,12 @@ def test_a_leader_whose_store_holds_a_larger_epoch_raises_its_own_past_it_in_one
 ) -> None:
     db = tmp_path / "store.db"
     Publisher(db)
-    old = SqliteStore(db)
+    old = SqliteStore(db, exclusive=False)  # leaders: kept apart by the lock and the epochs
     old.fence(100_000, "old 1")  # before Redis lost its data
     old.open_feed(None)
     lock = LeaderLock(client, key, "new", ttl=30.0, renew_interval=0.5)
     assert lock.try_acquire() and lock.epoch == 1, "the counter started again"
-    store = SqliteStore(db)
+    store = SqliteStore(db, exclusive=False)
     with pytest.raises(Fenced) as refused:
         store.fence(lock.epoch, lock.holder)
     assert refused.value.epoch == 100_000
@@ -218,7 +218,7 @@ def test_one_instance_alone_on_a_store_a_leader_claimed_exits_3_saying_what_to_d
 ) -> None:
     db = tmp_path / "store.db"
     Publisher(db)
-    claimed = SqliteStore(db)
+    claimed = SqliteStore(db, exclusive=False)  # a leader's, under standby
     claimed.fence(4, "a 1")
     claimed.open_feed(None)
     processor = Processor(SqliteStore(db), Settings(max_wait=0.05))

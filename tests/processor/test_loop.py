@@ -375,10 +375,10 @@ def test_a_deposed_leader_does_not_count_what_it_left(db: Path, publisher: Publi
     publisher.subscribe("all", "*:*:*:*")
     for _ in range(10):
         publisher.publish(SHIPPED)
-    old = SqliteStore(db, from_beginning=True)
+    old = SqliteStore(db, from_beginning=True, exclusive=False)  # leaders, as under standby
     old.fence(1, "old")
     deposed = process_batches(old, 1)  # a full batch: its count waits
-    new = SqliteStore(db)
+    new = SqliteStore(db, exclusive=False)
     new.fence(2, "new")
     started(new)
     assert counted(publisher) == (10, 10, 10), "the new leader counted what the old one left"

@@ -199,7 +199,9 @@ class SqliteBackend:
         self._stores = _Stores()
 
     def open(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> Store:
-        return self._stores.keep(SqliteStore(self.path, max_event_bytes=max_event_bytes))
+        # Not exclusive: the contracts open several at once, to look at what one
+        # saved and to fence one off with another, as under standby.
+        return self._stores.keep(SqliteStore(self.path, max_event_bytes=max_event_bytes, exclusive=False))
 
     def publish(self, document: Mapping[str, Any]) -> str:
         values = dict(document)

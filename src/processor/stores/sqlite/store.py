@@ -32,6 +32,7 @@ from processor.stores.base import (
     StoreUnavailable,
     SubscriptionChange,
 )
+from processor.stores.sqlite.claim import Claim
 from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed, read_entries, select_rows
 from processor.stores.sqlite.rows import (
     INSERT_JOB,
@@ -59,15 +60,24 @@ class SqliteStore:
         from_beginning: bool = False,
         fold_events: int = FOLD_EVENTS,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        exclusive: bool = True,
     ) -> None:
         """``from_beginning``: a first start takes every event already stored, not
         only those that come after (what ``fc-dev`` wants of a development database).
         ``fold_events``: while the feed is behind, the projections are written once
         this many events wait to be counted, rather than with every batch.
-        ``max_event_bytes``: larger events are dead-lettered without being read."""
+        ``max_event_bytes``: larger events are dead-lettered without being read.
+        ``exclusive``: refuse (``StoreMisconfigured``) while another store
+        processes ``resume_key`` of this file (``claim``); off under standby, where
+        the leader lock and the epochs keep processors apart."""
         self.path = Path(path)
         self._from_beginning = from_beginning
-        self._connection = connect(path)
+        self._claim = Claim(self.path, resume_key) if exclusive else None
+        try:
+            self._connection = connect(path)
+        except BaseException:
+            self._release()
+            raise
         self._resume_key = resume_key
         self._subscriptions_seen = -1  # last subscription_changes.seq handed out; -1: none yet
         self._feed_start = 0
@@ -329,6 +339,11 @@ class SqliteStore:
 
     def close(self) -> None:
         self._connection.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
 
 
 # Without the payloads, which the projections do not count (and events whose
