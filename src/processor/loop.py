@@ -147,6 +147,11 @@ class Processor:
                     health.caught_up()
                     with suppress(StoreUnavailable):  # tried again at the next read that finds nothing
                         self.projector.flush()
+            if self.stop_requested.is_set() and lease():
+                # Asked to stop: what waits is counted now, so that the projections
+                # are current once the process has gone, not only at its next start.
+                with suppress(StoreUnavailable):
+                    self.projector.flush()
         except Stopped:
             pass
         except Fenced as error:

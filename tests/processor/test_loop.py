@@ -255,6 +255,13 @@ def counted(publisher: Publisher) -> tuple[int, int, int]:
     return types.get(SHIPPED, 0), subscriptions.get("all", 0), clients.get("acme", 0)
 
 
+def subscribed_to_all(publisher: Publisher, events: int) -> None:
+    """A subscription "all" to every event, then ``events`` events of type SHIPPED."""
+    publisher.subscribe("all", "*:*:*:*")
+    for _ in range(events):
+        publisher.publish(SHIPPED)
+
+
 def started(store: SqliteStore, size: int = 10) -> tuple[Processor, ChangeFeed]:
     """A processor and its feed, as the loop starts them: the feed opened, then
     what the last run left uncounted counted."""
@@ -326,12 +333,30 @@ def test_projections_are_written_every_few_batches_and_a_crash_loses_none(
     assert not set(skipped) & {event for event, _ in publisher.jobs()}
 
 
+def test_a_stop_counts_what_waits_so_the_projections_are_current_once_the_process_has_gone(
+    db: Path, publisher: Publisher
+) -> None:
+    subscribed_to_all(publisher, 30)
+    store = SqliteStore(db, from_beginning=True, fold_events=1000)
+    processor = Processor(store, Settings(batch_size=10, max_wait=0.0))
+    commit = store.commit
+
+    def commit_then_stop(batch: ProcessedBatch) -> CommitReport:
+        report = commit(batch)
+        processor.stop()  # SIGTERM during the first batch: it is committed, its count waits
+        return report
+
+    store.commit = commit_then_stop  # type: ignore[method-assign]
+    processor.run()
+    store.close()
+    assert publisher.token() == "10", "the first batch only"
+    assert counted(publisher) == (10, 10, 10)
+
+
 def test_jobs_are_counted_after_the_router_deleted_delivered_ones(db: Path, publisher: Publisher) -> None:
     """Deleted rows let SQLite give their seq out again (INTEGER PRIMARY KEY):
     what the projections count is what each commit created, not rows after a seq."""
-    publisher.subscribe("all", "*:*:*:*")
-    for _ in range(3):
-        publisher.publish(SHIPPED)
+    subscribed_to_all(publisher, 3)
     store = SqliteStore(db, from_beginning=True)
     processor, feed = started(store)
     processor.process(feed.next_batch(10, 0.0))
@@ -361,9 +386,7 @@ class FailingOnce(SqliteStore):
 def test_a_commit_that_fails_after_counting_counts_nothing_and_its_retry_counts_once(
     db: Path, publisher: Publisher
 ) -> None:
-    publisher.subscribe("all", "*:*:*:*")
-    for _ in range(35):
-        publisher.publish(SHIPPED)
+    subscribed_to_all(publisher, 35)
     store = FailingOnce(db, from_beginning=True, fold_events=20)
     process_batches(store, 4)
     assert store.failed, "the failure was injected"
@@ -372,9 +395,7 @@ def test_a_commit_that_fails_after_counting_counts_nothing_and_its_retry_counts_
 
 
 def test_a_deposed_leader_does_not_count_what_it_left(db: Path, publisher: Publisher) -> None:
-    publisher.subscribe("all", "*:*:*:*")
-    for _ in range(10):
-        publisher.publish(SHIPPED)
+    subscribed_to_all(publisher, 10)
     old = SqliteStore(db, from_beginning=True, exclusive=False)  # leaders, as under standby
     old.fence(1, "old")
     deposed = process_batches(old, 1)  # a full batch: its count waits
@@ -466,9 +487,7 @@ def test_stored_times_have_one_width_and_sort_as_text() -> None:
 def test_lag_returns_to_zero_once_caught_up_even_when_the_last_batch_was_full(
     db: Path, publisher: Publisher
 ) -> None:
-    publisher.subscribe("all", "*:*:*:*")
-    for _ in range(20):  # exactly two full batches
-        publisher.publish(SHIPPED)
+    subscribed_to_all(publisher, 20)  # exactly two full batches
     store = SqliteStore(db, from_beginning=True)
     health = Health(Thresholds(max_lag=5))
     # An hour from now: each full batch reports its newest event an hour behind.
