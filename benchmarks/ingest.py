@@ -83,12 +83,23 @@ def lua_script(path: Path, events_per_request: int) -> Path:
 
 
 def duration_ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+    """A latency as wrk prints it (``812.00us``, ``7.10ms``, ``1.02s``), in milliseconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise RuntimeError(f"not a duration of wrk's: {text!r}")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[match.group(2)]
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[float, int, float, float]:
-    """Requests per second, requests not answered 2xx (or not at all), median and p99 latency."""
+@dataclass(frozen=True)
+class WrkRun:
+    requests_per_second: float
+    answered: int  # requests answered in the run, whatever the status
+    failed: int  # answered with a status that is not 2xx, or not answered at all
+    median_ms: float
+    p99_ms: float
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> WrkRun:
     threads = min(connections, 2)
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -97,14 +108,24 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[flo
         check=True,
     )
     out = done.stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def found(pattern: str) -> str:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"wrk's output has no {pattern!r}:\n{out}")
+        return match.group(1)
+
     failed = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if errors:
         failed += sum(int(n) for n in errors.groups())
-    median = duration_ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    p99 = duration_ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
-    return rate, failed, median, p99
+    return WrkRun(
+        float(found(r"Requests/sec:\s+([\d.]+)")),
+        int(found(r"(\d+) requests in")),
+        failed,
+        duration_ms(found(r"^\s+50%\s+(\S+)")),
+        duration_ms(found(r"^\s+99%\s+(\S+)")),
+    )
 
 
 def stored_events(db: Path) -> int:
@@ -112,19 +133,29 @@ def stored_events(db: Path) -> int:
         return int(connection.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
-def measure(http: httpx.Client, db: Path, script: Path, seconds: int, connections: int) -> Figures:
+def measure(
+    http: httpx.Client, db: Path, load: Load, script: Path, *, seconds: int, connections: int
+) -> Figures:
     before = stored_events(db)
-    rate, failed, median, p99 = run_wrk(f"{http.base_url}/api/events", script, seconds, connections)
+    run = run_wrk(f"{http.base_url}/api/events", script, seconds, connections)
     ended = time.monotonic()
-    stored = stored_events(db)
+    stored = stored_events(db) - before
+    if stored < (run.answered - run.failed) * load.events_per_request:
+        raise RuntimeError(f"{run.answered - run.failed} requests accepted, but only {stored} events stored")
     deadline = ended + 600
-    while int(http.get("/health").json()["events_processed"]) < stored:
+    while int(http.get("/health").json()["events_processed"]) < before + stored:
         if time.monotonic() > deadline:
             raise RuntimeError("the processor did not catch up within 10 minutes")
         time.sleep(0.05)
     caught_up = time.monotonic() - ended
-    accepted = stored - before
-    return Figures(rate, accepted / seconds, failed, median, p99, caught_up)
+    return Figures(
+        run.requests_per_second,
+        run.requests_per_second * load.events_per_request,
+        run.failed,
+        run.median_ms,
+        run.p99_ms,
+        caught_up,
+    )
 
 
 HEADER = (
@@ -190,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(HEADER)
                 for _ in range(args.rounds):
                     for load in LOADS:
-                        figures = measure(http, db, scripts[load], args.seconds, args.connections)
+                        figures = measure(
+                            http, db, load, scripts[load], seconds=args.seconds, connections=args.connections
+                        )
                         print(row(load, figures), flush=True)
                         if figures.failed:
                             print(f"{figures.failed} requests not accepted; fc-dev's log:", file=sys.stderr)
