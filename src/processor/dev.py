@@ -38,8 +38,8 @@ from processor.metrics import Metrics
 from processor.models import Subscription, SubscriptionFields
 from processor.ops import listen
 from processor.shutdown import abandon
-from processor.stores.base import StoreMisconfigured
-from processor.stores.sqlite import Catalog, KeyClaimed, SqliteStore
+from processor.stores.base import StoreMisconfigured, StoreUnavailable
+from processor.stores.sqlite import Catalog, SqliteStore, StoreClaimed
 
 log = logging.getLogger("fc-dev")
 
@@ -132,9 +132,9 @@ def start(args: argparse.Namespace) -> tuple[SqliteStore, socket.socket]:
     targets.configure(load_settings(TargetSettings).targets())
     try:
         store = SqliteStore(args.db, from_beginning=True)
-    except KeyClaimed as error:
+    except StoreClaimed as error:
         raise ConfigError(f"--db: {error}: stop it, or give this one another --db") from None
-    except (sqlite3.Error, StoreMisconfigured) as error:
+    except (sqlite3.Error, StoreMisconfigured, StoreUnavailable) as error:
         raise ConfigError(f"--db: cannot open the store file {args.db!r}: {error}") from None
     try:
         return store, listen(args.host, args.port)

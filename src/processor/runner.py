@@ -32,7 +32,7 @@ from processor.loop import Processor, Settings, Stopped
 from processor.metrics import Metrics
 from processor.ops import OpsServer, listen, ops_app
 from processor.shutdown import abandon
-from processor.stores.base import Fenced, Store, StoreMisconfigured
+from processor.stores.base import Fenced, Store, StoreMisconfigured, StoreUnavailable
 from processor.stores.mongo import (
     DriverEvents,
     MemoryTokenStore,
@@ -41,7 +41,7 @@ from processor.stores.mongo import (
     TokenStore,
     prepare,
 )
-from processor.stores.sqlite import KeyClaimed, SqliteStore
+from processor.stores.sqlite import SqliteStore, StoreClaimed
 
 log = logging.getLogger("processor")
 
@@ -200,12 +200,13 @@ def open_store(
                 max_event_bytes=config.stream_max_event_bytes,
                 exclusive=not config.standby_enabled,
             )
-        except KeyClaimed as error:
+        except StoreClaimed as error:
             raise ConfigError(
-                f"FC_MONGO_URL / FC_STREAM_RESUME_TOKEN_KEY: {error}: stop it, give this one another "
-                "FC_STREAM_RESUME_TOKEN_KEY, or run both with FC_STANDBY_ENABLED=true so that one stands by"
+                f"FC_MONGO_URL: {error}: stop it, or run both with FC_STANDBY_ENABLED=true so that one "
+                "stands by (two would each count every event into the store's projections, whatever "
+                "their resume keys)"
             ) from None
-        except (sqlite3.Error, StoreMisconfigured) as error:
+        except (sqlite3.Error, StoreMisconfigured, StoreUnavailable) as error:
             raise ConfigError(
                 f"FC_MONGO_URL: cannot open the store file {config.embedded_path!r}: {error}"
             ) from None

@@ -2,7 +2,7 @@
 
 ``schema`` holds the tables and transactions, ``rows`` the value codecs, ``feed``
 the change feed over ``events``, ``store`` the processor's side, ``claim`` its
-one-processor-per-key lock, ``catalog`` the API's side. Outside this package,
+one-processor-per-file lock, ``catalog`` the API's side. Outside this package,
 only the names below are used."""
 
 from processor.stores.sqlite.catalog import (
@@ -12,7 +12,7 @@ from processor.stores.sqlite.catalog import (
     Page,
     subscription_document,
 )
-from processor.stores.sqlite.claim import KeyClaimed
+from processor.stores.sqlite.claim import StoreClaimed
 from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed
 from processor.stores.sqlite.rows import job_from_row, job_row, timestamp
 from processor.stores.sqlite.schema import LEGACY_JOBS_TABLE, connect, transaction
@@ -26,10 +26,10 @@ __all__ = [
     "Catalog",
     "EventExists",
     "InvalidSubscription",
-    "KeyClaimed",
     "Page",
     "SqliteFeed",
     "SqliteStore",
+    "StoreClaimed",
     "connect",
     "job_from_row",
     "job_row",

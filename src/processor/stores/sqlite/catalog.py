@@ -47,6 +47,7 @@ DEAD_LETTER_COLUMNS = (
 )
 FILTER_FAILURE_COLUMNS = ("event_id", "subscription_id", "client_id", "reason", "failed_at")
 NOT_STORED = object()  # a filter's value: the column IS NULL (spelled out, so that a partial index serves it)
+LOOKUP_CHUNK = 500  # ids a lookup binds at once (SQLite allows 32,766 parameters)
 PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text (UTF-8), whatever its limit
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
 INSERT_EVENT = (
@@ -290,9 +291,14 @@ def generated_id() -> str:
 
 
 def _first_taken(connection: sqlite3.Connection, ids: Sequence[str]) -> int | None:
-    """The index of the first id that is stored already, or given earlier in ``ids``."""
-    query = "SELECT e.id FROM json_each(?) AS given JOIN events AS e ON e.id = given.value"
-    stored = {row[0] for row in connection.execute(query, (json.dumps(ids),))}
+    """The index of the first id that is stored already, or given earlier in ``ids``.
+    Bound as parameters, in chunks under SQLite's limit: an id is any text (JSON
+    would cut one at a NUL)."""
+    stored: set[str] = set()
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        query = f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})"
+        stored.update(row[0] for row in connection.execute(query, chunk))
     seen: set[str] = set()
     for index, event_id in enumerate(ids):
         if event_id in stored or event_id in seen:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from processor.stores.base import (
@@ -225,16 +225,21 @@ def connect(path: str | Path) -> sqlite3.Connection:
     connection = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
     )
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.executescript(SCHEMA)
-    _drop_indexes(connection, DROPPED_INDEXES)
-    _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
-    _add_columns(connection, "resume_tokens", {"holder": "TEXT"})
-    _key_jobs_by_event_seq(connection)
-    connection.executescript(JOBS_INDEXES)
+    try:
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.executescript(SCHEMA)
+        with suppress(StoreUnavailable):  # busy or read-only: a leftover index costs speed only
+            _drop_indexes(connection, DROPPED_INDEXES)
+        _add_columns(connection, "dead_letters", {"raw_bytes": "INTEGER", "raw_sha256": "TEXT"})
+        _add_columns(connection, "resume_tokens", {"holder": "TEXT"})
+        _key_jobs_by_event_seq(connection)
+        connection.executescript(JOBS_INDEXES)
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 

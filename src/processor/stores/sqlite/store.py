@@ -67,12 +67,13 @@ class SqliteStore:
         ``fold_events``: while the feed is behind, the projections are written once
         this many events wait to be counted, rather than with every batch.
         ``max_event_bytes``: larger events are dead-lettered without being read.
-        ``exclusive``: refuse (``StoreMisconfigured``) while another store
-        processes ``resume_key`` of this file (``claim``); off under standby, where
-        the leader lock and the epochs keep processors apart."""
+        ``exclusive``: refuse (``StoreClaimed``) while another store processes
+        this file, whatever its key (``claim``); off under standby, where the
+        leader lock and the epochs keep processors apart."""
         self.path = Path(path)
         self._from_beginning = from_beginning
-        self._claim = Claim(self.path, resume_key) if exclusive else None
+        on_disk = str(path) not in ("", ":memory:")
+        self._claim = Claim(self.path, resume_key) if exclusive and on_disk else None
         try:
             self._connection = connect(path)
         except BaseException:
