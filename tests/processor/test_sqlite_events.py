@@ -29,15 +29,20 @@ def stored_ids(path: Path) -> list[str]:
         return [row[0] for row in connection.execute("SELECT id FROM events ORDER BY seq")]
 
 
-def test_a_store_file_with_the_old_events_indexes_loses_them_on_open_and_keeps_its_events(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "old.db"
+def old_store_file(path: Path) -> sqlite3.Connection:
+    """A store file made with the events indexes of before, and a connection to it."""
     old = connect(path)
     old.execute("CREATE INDEX events_type ON events (type)")
     old.execute("CREATE INDEX events_client_time ON events (client_id, time)")
     old.execute("INSERT INTO events (id, type, client_id) VALUES ('kept', ?, 'acme')", (SHIPPED,))
-    old.close()
+    return old
+
+
+def test_a_store_file_with_the_old_events_indexes_loses_them_on_open_and_keeps_its_events(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    old_store_file(path).close()
     SqliteStore(path).close()
     assert event_indexes(path) == ["sqlite_autoindex_events_1"], "the id's unique index only"
     assert stored_ids(path) == ["kept"]
@@ -47,8 +52,7 @@ def test_a_store_file_whose_old_indexes_cannot_be_dropped_now_opens_and_drops_th
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "old.db"
-    old = connect(path)
-    old.execute("CREATE INDEX events_type ON events (type)")
+    old = old_store_file(path)
     old.execute("BEGIN IMMEDIATE")  # another writer, holding the file past the busy timeout
     SqliteStore(path).close()
     assert "events_type" in event_indexes(path), "a leftover index costs speed only"
