@@ -12,6 +12,7 @@ with.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -184,18 +185,20 @@ def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callab
     @app.post(
         "/api/events",
         status_code=201,
-        response_model=documents.Published,
-        responses=errors(409, 413, 415, 422, 503),
+        response_model=None,
+        responses={201: {"model": documents.Published}, **errors(409, 413, 415, 422, 503)},
         openapi_extra=body_schema(NewEvent, array=True),
     )
     def publish(
         posted: Annotated[
             Posted, Depends(json_body(events_of, "must be an event (a JSON object) or an array of events"))
         ],
-    ) -> dict[str, list[str]]:
+    ) -> Response:
         """One event or an array of them; a batch is written whole or not at all."""
         try:
-            return {"ids": catalog.insert_events([event.model_dump() for event in posted.events])}
+            ids = catalog.insert_events([event.model_dump() for event in posted.events])
+            # Written as they are: ids are strings, and the route is the hot path of a load test.
+            return Response(json.dumps({"ids": ids}), 201, media_type="application/json")
         except EventExists as error:
             field = f"[{error.index}].id" if posted.array else "id"
             raise ApiError(409, str(error), [{"field": field, "problem": "is taken"}]) from None
