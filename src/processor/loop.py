@@ -145,19 +145,21 @@ class Processor:
                 else:  # nothing new: caught up, whatever the size of the last batch
                     self.metrics.lag.set(0)
                     health.caught_up()
-                    with suppress(StoreUnavailable):  # tried again at the next read that finds nothing
-                        self.projector.flush()
+                    self._count_what_waits()
             if self.stop_requested.is_set() and lease():
                 # Asked to stop: what waits is counted now, so that the projections
                 # are current once the process has gone, not only at its next start.
-                with suppress(StoreUnavailable):
-                    self.projector.flush()
+                self._count_what_waits()
         except Stopped:
             pass
         except Fenced as error:
             log.warning("stepping down: %s", error)
             return error
         return None
+
+    def _count_what_waits(self) -> None:
+        with suppress(StoreUnavailable):  # tried again at the next read that finds nothing, or the next start
+            self.projector.flush()
 
     def _may_continue(self) -> bool:
         return not self.stop_requested.is_set() and self._lease()
