@@ -11,7 +11,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from fastmatch._contract import InvalidPattern, validate_event_type, validate_pattern
+from fastmatch._contract import (
+    SEGMENT_NAMES,
+    InvalidPattern,
+    first_difference,
+    validate_event_type,
+    validate_pattern,
+)
 
 if TYPE_CHECKING:  # both implementations have this one interface
     from fastmatch._pytrie import PatternIndex
@@ -33,8 +39,10 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "SEGMENT_NAMES",
     "InvalidPattern",
     "PatternIndex",
+    "first_difference",
     "validate_event_type",
     "validate_pattern",
 ]

@@ -72,6 +72,18 @@ def explain(text: object, *, what: str) -> Exception:
     return InvalidPattern(f"{what} {text!r} was rejected but no fault was found")
 
 
+def first_difference(pattern: str, event_type: str) -> int | None:
+    """The first segment (0 to 3) at which ``event_type`` does not match
+    ``pattern``, or None when it matches; both must be valid. For saying why a
+    pattern refused an event: whether it does is the trie's to decide."""
+    wanted_segments = validate_pattern(pattern).split(SEPARATOR)
+    pairs = zip(wanted_segments, validate_event_type(event_type).split(SEPARATOR), strict=True)
+    for position, (wanted, given) in enumerate(pairs):
+        if wanted not in (WILDCARD, given):
+            return position
+    return None
+
+
 def validate_event_type(text: str) -> str:
     """Return ``text`` if it is a valid event type, else raise :class:`InvalidPattern`."""
     if not isinstance(text, str) or EVENT_TYPE_RE.fullmatch(text) is None:

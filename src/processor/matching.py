@@ -38,21 +38,28 @@ class SubscriptionMatcher:
         return len(self._subscriptions)
 
     def apply(self, change: SubscriptionChange) -> bool:
-        """Apply one write; False when the stored subscription breaks the contract:
-        it is skipped with an error log (and dropped), and the others keep working."""
+        """Apply one write; False when the stored subscription breaks the contract."""
+        return self.admit(change) is None
+
+    def admit(self, change: SubscriptionChange) -> str | None:
+        """Apply one write; why the stored subscription was refused, or None. A
+        refused one is skipped with an error log (and dropped), and the others
+        keep working."""
         if change.document is None:
             self.discard(change.subscription_id)
-            return change.problem is None  # the store that could not read it logged why
+            return change.problem  # the store that could not read it logged why
         try:
             self.put(Subscription.model_validate(change.document))
         except ValidationError as error:
-            log.error("subscription %r skipped, it is invalid: %s", change.subscription_id, describe(error))
-        except Exception:  # a defect of ours that one subscription finds must not stop every other
+            reason = f"it is invalid: {describe(error)}"
+            log.error("subscription %r skipped, %s", change.subscription_id, reason)
+        except Exception as error:  # a defect of ours that one subscription finds must not stop every other
+            reason = f"it could not be indexed: {error!r}"
             log.exception("subscription %r skipped: it could not be indexed", change.subscription_id)
         else:
-            return True
+            return None
         self.discard(change.subscription_id)
-        return False
+        return reason
 
     def put(self, subscription: Subscription) -> None:
         """Add, replace or (when inactive) drop a subscription."""

@@ -420,18 +420,25 @@ def _implied(prefix: JSONPathQuery, test: ChildTest) -> Condition | None:
 
 def conditions(filters: EventFilters | None) -> list[Condition]:
     """Every condition of a subscription's filters; it matches when all hold."""
+    return [found for _, found in labelled_conditions(filters)]
+
+
+def labelled_conditions(filters: EventFilters | None) -> list[tuple[str, Condition]]:
+    """``conditions``, each with the filter it comes from as a field of the
+    subscription names it (``filters.payload[0]``): what an explanation cites."""
     if filters is None:
         return []
-    found: list[Condition] = []
+    found: list[tuple[str, Condition]] = []
     if filters.source is not None:
-        found.append(condition(SOURCE, "in", filters.source))
+        found.append(("filters.source", condition(SOURCE, "in", filters.source)))
     for name, expected in (filters.metadata or {}).items():
-        found.append(condition(metadata(name), "eq", expected))
-    for entry in filters.payload or ():
+        found.append((f"filters.metadata.{name}", condition(metadata(name), "eq", expected)))
+    for number, entry in enumerate(filters.payload or ()):
+        field = f"filters.payload[{number}]"
         if isinstance(entry, str):
-            found.append(bare(entry))
+            found.append((field, bare(entry)))
         else:
-            found.append(condition(path(entry.path), entry.op, entry.value))
+            found.append((field, condition(path(entry.path), entry.op, entry.value)))
     return found
 
 

@@ -298,10 +298,12 @@ class FakeCollection:
         *,
         sort: Sequence[tuple[str, int]] | None = None,
         batch_size: int = 0,
+        limit: int = 0,
         session: Any = None,
     ) -> FakeCursor:
         self._server.enter("find", self.name)
-        return FakeCursor(self._server, self.name, dict(filter or {}), projection, sort, raw=self._raw)
+        query = dict(filter or {})
+        return FakeCursor(self._server, self.name, query, projection, sort, raw=self._raw, limit=limit)
 
     def find_one(self, filter: Mapping[str, Any] | None = None, **options: Any) -> Document | None:
         return next(iter(self.find(filter, **options)), None)
@@ -379,6 +381,18 @@ class FakeCollection:
                     self._server.append(self.name, "delete", key=document["_id"], before=before)
                     return DeleteResult({"n": 1}, True)
         return DeleteResult({"n": 0}, True)
+
+    def delete_many(self, filter: Mapping[str, Any], session: Any = None) -> DeleteResult:
+        self._server.enter("delete_many", self.name)
+        deleted = 0
+        with self._server.lock:
+            for key, document in list(self._data.documents.items()):
+                if matches(document, filter):
+                    del self._data.documents[key]
+                    before = document if self._data.pre_and_post_images else None
+                    self._server.append(self.name, "delete", key=document["_id"], before=before)
+                    deleted += 1
+        return DeleteResult({"n": deleted}, True)
 
     def bulk_write(
         self, requests: Sequence[Any], ordered: bool = True, session: Any = None

@@ -38,9 +38,11 @@ class FakeCursor:
         sort: Sequence[tuple[str, int]] | None,
         *,
         raw: bool = False,
+        limit: int = 0,
     ) -> None:
         self._server = server
         self._raw = raw
+        self._limit = limit
         self._collection = collection
         self._query = query
         self._projection = projection
@@ -68,6 +70,8 @@ class FakeCursor:
                 ]
             for name, direction in reversed(self._sort):
                 found.sort(key=lambda d, n=name: sort_key(d.get(n)), reverse=direction < 0)  # type: ignore[misc]
+            if self._limit:
+                found = found[: self._limit]
             self._results = iter([project(d, self._projection) for d in found])
         try:
             return read_as(next(self._results), raw=self._raw)

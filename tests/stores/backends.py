@@ -20,16 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import pytest
 from bson import ObjectId
 from pymongo.database import Database
 
 from processor.models import DispatchJob, Event
-from processor.stores.base import MAX_EVENT_BYTES, Store
-from processor.stores.mongo import MongoStore, ensure_indexes
-from processor.stores.sqlite import SqliteStore, connect, job_from_row, timestamp
+from processor.stores.base import MAX_EVENT_BYTES, Repairs, Store
+from processor.stores.mongo import MongoRepairs, MongoStore, ensure_indexes
+from processor.stores.sqlite import SqliteRepairs, SqliteStore, connect, job_from_row, timestamp
 from tests.fake_mongo import Document, Tokens
 
 TARGET = "https://hooks.example.com/in"
@@ -112,6 +112,12 @@ class Backend(Protocol):
     def update_subscription(self, id: str, **fields: Any) -> None:
         """Set some of a subscription's fields (``event_type_pattern``, ``active``...)."""
 
+    def mend_event(self, id: str, **fields: Any) -> None:
+        """Set some of a stored event's fields, as an operator mends one (``publish``'s values)."""
+
+    def repairs(self) -> Repairs:
+        """The operator tools' side of the store, on this backend's data."""
+
     def delete_subscription(self, id: str) -> None: ...
 
     def jobs(self) -> list[tuple[str, str]]:
@@ -157,13 +163,20 @@ def expect_defect(request: pytest.FixtureRequest, backend: Backend, behaviour: s
         request.applymarker(marker)
 
 
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closes)
+
+
 class _Stores:
     """The stores a driver opened, closed with it."""
 
     def __init__(self) -> None:
-        self._opened: list[Store] = []
+        self._opened: list[_Closes] = []
 
-    def keep(self, store: Store) -> Store:
+    def keep(self, store: C) -> C:
         self._opened.append(store)
         return store
 
@@ -249,6 +262,16 @@ class SqliteBackend:
 
     def delete_subscription(self, id: str) -> None:
         self._sql.execute("DELETE FROM subscriptions WHERE id = ?", (id,))
+
+    def mend_event(self, id: str, **fields: Any) -> None:
+        columns = {
+            name: _json(value) if name in ("data", "metadata") else value for name, value in fields.items()
+        }
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        self._sql.execute(f"UPDATE events SET {assignments} WHERE id = ?", (*columns.values(), id))
+
+    def repairs(self) -> Repairs:
+        return self._stores.keep(SqliteRepairs(self.path))
 
     def jobs(self) -> list[tuple[str, str]]:
         return [
@@ -342,6 +365,13 @@ class MongoBackend:
 
     def delete_subscription(self, id: str) -> None:
         self.database["subscriptions"].delete_one({"_id": id})
+
+    def mend_event(self, id: str, **fields: Any) -> None:
+        key = ObjectId(id) if ObjectId.is_valid(id) else id
+        self.database["events"].update_one({"_id": key}, {"$set": fields})
+
+    def repairs(self) -> Repairs:
+        return self._stores.keep(MongoRepairs(self.database))
 
     def jobs(self) -> list[tuple[str, str]]:
         return [(d["event_id"], d["subscription_id"]) for d in self.database["dispatch_jobs"].find()]

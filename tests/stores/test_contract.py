@@ -23,6 +23,7 @@ from processor.jobs import create_jobs, job_id
 from processor.loop import Processor, Settings
 from processor.models import PENDING, DispatchJob, Subscription
 from processor.projections import Tally, event_key
+from processor.remedies import Limits, backfill, redrive_dead_letters, retry_filter_failures
 from processor.stores.base import (
     BATCH_BYTES,
     Batch,
@@ -650,3 +651,113 @@ def test_batches_are_bounded_by_bytes_and_an_event_over_the_budget_comes_alone(b
     assert len(batches) >= 3, "three small events, of more than the budget together"
     assert all(batch.more for batch in batches[:-1]), "a batch cut by bytes says more wait"
     assert run.read_ids() == [large, *small], "in order, none twice"
+
+
+# -- the operator tools: re-drive and backfill (Repairs) ----------------------------------------
+
+
+def test_a_backfill_creates_a_new_subscription_s_jobs_for_past_events_once(backend: Backend) -> None:
+    run = Run(backend.open())
+    shipped = [publish(backend) for _ in range(3)]
+    packed = publish(backend, PACKED)
+    other_client = publish(backend, client_id="globex")
+    invalid = publish(backend, "orders:shipped")
+    run.through(*shipped, packed, other_client, invalid)
+    assert jobs(backend) == set(), "no subscription yet"
+    backend.put_subscription("late", "orders:*:*:shipped")
+    token = run.store.resume_token()
+
+    first = backfill(backend.repairs(), "late")
+    assert (first.created, first.skipped, first.examined, first.left) == (3, 0, 6, 1)
+    assert jobs(backend) == {(event, "late") for event in shipped}
+    again = backfill(backend.repairs(), "late")
+    assert (again.created, again.skipped) == (0, 3), "a second run creates nothing"
+    assert jobs(backend) == {(event, "late") for event in shipped}
+    assert backend.projections().subscriptions["late"][0] == 3, "counted once"
+    assert run.store.resume_token() == token, "the processor's position is untouched"
+    Run(backend.open()).step()  # a restart's recount counts them no more
+    assert backend.projections().subscriptions["late"][0] == 3
+
+
+def test_a_backfill_stopped_at_its_limit_resumes_from_its_next_position(backend: Backend) -> None:
+    backend.put_subscription("all")
+    events = [publish(backend) for _ in range(5)]
+    repairs = backend.repairs()
+    part = backfill(repairs, "all", limits=Limits(items=2))
+    assert (part.created, part.next is not None) == (2, True)
+    rest = backfill(repairs, "all", after=part.next)
+    assert (rest.created, rest.skipped, rest.next) == (3, 0, None)
+    assert jobs(backend) == {(event, "all") for event in events}
+
+
+def test_a_backfill_beside_a_live_processor_loses_nothing_and_counts_each_job_once(backend: Backend) -> None:
+    backend.put_subscription("all")
+    run = Run(backend.open())
+    before = [publish(backend) for _ in range(3)]
+    run.through(before[0])
+    during = [publish(backend) for _ in range(3)]
+    report = backfill(backend.repairs(), "all")  # some of the events the processor has not read yet
+    after = [publish(backend) for _ in range(2)]
+    run.through(*before, *during, *after)
+    everything = {(event, "all") for event in [*before, *during, *after]}
+    assert jobs(backend) == everything
+    assert report.created + run.created == len(everything), "each job made once, by one of them"
+    restart = Run(backend.open())  # a recount after a restart counts nothing again
+    restart.step()
+    assert backend.projections().subscriptions["all"][0] == len(everything)
+
+
+def test_redriving_a_mended_dead_letter_makes_its_jobs_counts_it_and_removes_it(backend: Backend) -> None:
+    backend.put_subscription("all")
+    run = Run(backend.open())
+    mended = publish(backend, "orders:shipped")
+    still_bad = publish(backend, client_id=None)
+    run.through(mended, still_bad)
+    assert len(backend.dead_letters()) == 2
+    backend.mend_event(mended, type=SHIPPED)
+
+    report = redrive_dead_letters(backend.repairs())
+    assert (report.examined, report.created, report.resolved, report.left) == (2, 1, 1, 1)
+    (reason,) = report.reasons
+    assert reason.startswith("still invalid: client_id"), reason
+    assert jobs(backend) == {(mended, "all")}
+    assert [letter.event_id for letter in backend.dead_letters()] == [still_bad]
+    assert backend.projections().event_types == {SHIPPED: 1}, "the mended event is counted, once"
+    again = redrive_dead_letters(backend.repairs())
+    assert (again.created, again.resolved, again.left) == (0, 0, 1)
+    restart = Run(backend.open())
+    restart.step()
+    assert backend.projections().event_types == {SHIPPED: 1}
+
+
+def test_redriving_dead_letters_by_reason_takes_those_alone(backend: Backend) -> None:
+    backend.put_subscription("all")
+    run = Run(backend.open())
+    no_type = publish(backend, None)
+    no_client = publish(backend, client_id=None)
+    run.through(no_type, no_client)
+    backend.mend_event(no_type, type=SHIPPED)
+    backend.mend_event(no_client, client_id="acme")
+    report = redrive_dead_letters(backend.repairs(), reason="client_id")
+    assert (report.examined, report.created) == (1, 1)
+    assert jobs(backend) == {(no_client, "all")}
+    assert [letter.event_id for letter in backend.dead_letters()] == [no_type]
+
+
+def test_retrying_filter_failures_once_the_filter_is_fixed_makes_the_jobs_due_and_clears_them(
+    backend: Backend,
+) -> None:
+    backend.put_subscription("costly", filters={"payload": ["$[?search(@, 'a{1000}')]"]})
+    run = Run(backend.open())
+    event = publish(backend, data=["b" * 1_000_000])
+    run.through(event)
+    assert len(backend.filter_failures()) == 1
+    unchanged = retry_filter_failures(backend.repairs())
+    assert (unchanged.created, unchanged.left, len(backend.filter_failures())) == (0, 1, 1)
+
+    backend.update_subscription("costly", filters={"payload": ["$[?search(@, 'b')]"]})
+    report = retry_filter_failures(backend.repairs())
+    assert (report.created, report.resolved, report.left) == (1, 1, 0)
+    assert jobs(backend) == {(event, "costly")}
+    assert backend.filter_failures() == []
+    assert retry_filter_failures(backend.repairs()).examined == 0

@@ -8,6 +8,8 @@ every store implements, in roles.
 - ``Offsets``: the position the feed resumes from, kept per ``partition``, and
   fenced so that a deposed leader cannot move it.
 - ``ProjectionSink``: tallies applied with the marks that make them count once.
+- ``Repairs``: what the operator tools read and write beside a live
+  processor (``processor.remedies``), never touching its position.
 
 One class may implement several roles (the embedded store implements all of
 them, for its single transaction). How the batch is made durable is the
@@ -28,7 +30,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from processor.models import DeadLetter, DispatchJob, Event, FilterFailure, InvalidEvent, parse_event
-from processor.projections import Tally, Uncounted
+from processor.projections import EventKey, Tally, Uncounted
 
 ResumeToken = str
 """A position in a store's feed, as text a person can read (``redis-cli GET``)."""
@@ -196,6 +198,73 @@ class ProjectionSink(Protocol):
     def count(self, tally: Tally) -> None:
         """Apply ``tally`` outside a batch, with its marks, in one write; refused
         (``Fenced``) as a commit would be."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLetter:
+    """A dead letter as a store holds it: ``key`` is what removes it."""
+
+    key: str
+    letter: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFailure:
+    """A filter failure as a store holds it: ``key`` is what removes it."""
+
+    key: str
+    failure: FilterFailure
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """One write of the operator tools. ``jobs``: due and maybe missing (one
+    that exists is not an error); ``events``: events that were dead letters and
+    are valid now, to be counted in the projections with the jobs this write
+    creates; ``filter_failures``: pairs that failed now (one per pair, as a
+    commit keeps them); ``letters`` and ``failures``: the keys of those now resolved."""
+
+    jobs: list[DispatchJob] = field(default_factory=list)
+    events: list[EventKey] = field(default_factory=list)
+    filter_failures: list[FilterFailure] = field(default_factory=list)
+    letters: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    orders: Mapping[str, int] = field(default_factory=dict)  # as ``ProcessedBatch.orders``
+
+
+class Repairs(Protocol):
+    """What the operator tools need of a store, beside a live processor: what
+    is stored now, read in pages after a cursor; and writes that neither move,
+    claim nor fence any position (a processor's or another tool's)."""
+
+    def current_subscriptions(self) -> list[SubscriptionChange]:
+        """Every stored subscription as it stands now (``effective_after`` -1)."""
+
+    def event(self, event_id: str) -> FeedEntry | None:
+        """The stored event of that id, as the feed would hand it out."""
+
+    def events(self, after: str | None, since: datetime | None, limit: int) -> list[FeedEntry]:
+        """At most ``limit`` stored events in the store's order, after the one whose
+        ``position`` is ``after`` (a page's last is the cursor of the next), or,
+        without it, from the first inserted at ``since`` or later. ``ValueError``
+        for an ``after`` that is no position of this store."""
+
+    def letter_event(self, letter: DeadLetter) -> FeedEntry | None:
+        """The event a dead letter was made of, read again (an operator may have
+        mended it since); None when it can no longer be found."""
+
+    def dead_letters(self, after: str | None, limit: int) -> list[StoredLetter]:
+        """At most ``limit`` dead letters in key order after the key ``after``."""
+
+    def filter_failures(self, after: str | None, limit: int) -> list[StoredFailure]:
+        """At most ``limit`` filter failures in key order after the key ``after``."""
+
+    def repair(self, repair: Repair) -> CommitReport:
+        """Write the jobs that are missing, remove the resolved dead letters and
+        filter failures, and count the events and the jobs created in the
+        projections, once; running it again creates and counts nothing more."""
+
+    def close(self) -> None: ...
 
 
 class Store(EventFeed, SubscriptionSource, JobSink, Offsets, ProjectionSink, Protocol):

@@ -303,13 +303,11 @@ class MongoFeed:
         spent = 0
         try:
             for document in self._catch_up:
-                identifier = last = _identifier(document)
-                moment = Timestamp(identifier.generation_time, 0)
-                entry, size = self._entry(
-                    document, len(document.raw), document, moment, f"catch-up {identifier}"
-                )
+                last = _identifier(document)
+                moment = Timestamp(last.generation_time, 0)
+                entry = self.entry(document, moment, f"catch-up {last}")
                 entries.append(entry)
-                spent += size
+                spent += len(document.raw)
                 if checkpoint is not None:  # keep the old token: a crash now must catch up again
                     checkpoint = Checkpoint(checkpoint.resume_token, moment)
                 if len(entries) == max_events or spent >= max_bytes:
@@ -329,6 +327,10 @@ class MongoFeed:
         self._checkpoint = checkpoint
         more = self._catch_up is not None or len(entries) == max_events
         return Batch(entries, None if checkpoint is None else checkpoint.dumps(), more)
+
+    def entry(self, document: RawBSONDocument, moment: Timestamp | None, position: str) -> FeedEntry:
+        """A document read from the collection, as the feed hands it out."""
+        return self._entry(document, len(document.raw), document, moment, position)[0]
 
     def _entry(
         self,

@@ -28,6 +28,7 @@ from functools import partial
 import pymongo
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure
 
@@ -159,7 +160,7 @@ class MongoStore:
     def fence(self, epoch: int, holder: str) -> None:
         self._epoch, self._holder = epoch, holder  # what the claim checks, and writes
         with unavailable_on_failure("claim the checkpoint"):
-            self._transaction(lambda session: self._save_checkpoint(session, None))
+            in_transaction(self.database, lambda session: self._save_checkpoint(session, None))
         try:
             self._tokens.fence(epoch, holder)
         except StoreUnavailable as error:  # the mirror; the store's claim is made
@@ -172,9 +173,9 @@ class MongoStore:
             # away before them, and, should it be deposed meanwhile, its jobs
             # are the ones due anyway (their ids are the pairs').
             self._claim(None)
-            created = self._insert_jobs(batch.jobs)
+            created = insert_jobs(self._jobs, batch.jobs, self._inserted_before_failure)
             self._insert_dead_letters(batch.dead_letters)
-            self._insert_filter_failures(batch.filter_failures)
+            insert_filter_failures(self.database, batch.filter_failures)
             self._project(batch.tally, batch.resume_token)
         if batch.resume_token is not None:
             self._mirror(batch.resume_token)
@@ -189,28 +190,6 @@ class MongoStore:
         except StoreUnavailable as error:
             log.warning("the resume token's mirror was not saved (%s); the store's checkpoint was", error)
 
-    def _insert_jobs(self, jobs: Sequence[DispatchJob]) -> list[DispatchJob]:
-        """Insert every job; one that exists already is done. Returns those that were
-        new, counting those a failed attempt at this same batch inserted."""
-        if not jobs:
-            return []
-        try:
-            self._jobs.insert_many([job_document(j) for j in jobs], ordered=False)
-            return list(jobs)
-        except BulkWriteError as error:
-            errors = error.details.get("writeErrors", [])
-            failed = {e.get("index") for e in errors}
-            fresh = {job.id for n, job in enumerate(jobs) if n not in failed}
-            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            # A write concern error: written on the primary, not yet as durable as
-            # asked (a rollback could take the jobs back), so not done.
-            others += error.details.get("writeConcernErrors") or []
-            if others:  # retried as a whole: what this attempt inserted will be a duplicate then
-                self._inserted_before_failure |= fresh
-                raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
-            created = fresh | ({jobs[n].id for n in failed} & self._inserted_before_failure)
-            return list({job.id: job for job in jobs if job.id in created}.values())  # equal jobs: one
-
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
@@ -223,21 +202,6 @@ class MongoStore:
                     upsert=True,
                 )
                 for letter in letters
-            ],
-            ordered=False,
-        )
-
-    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
-        if not failures:
-            return
-        self.database[FILTER_FAILURES].bulk_write(
-            [
-                UpdateOne(
-                    {"_id": job_id(failure.event_id, failure.subscription_id)},
-                    {"$setOnInsert": asdict(failure)},
-                    upsert=True,
-                )
-                for failure in failures
             ],
             ordered=False,
         )
@@ -271,10 +235,12 @@ class MongoStore:
             # An empty batch's position loses nothing by waiting; and saving it
             # writes to the oplog, which moves the idle stream's token again.
             return
-        parts = _parts(events, jobs)
+        parts = in_parts(events, jobs)
         for number, (some_events, some_jobs) in enumerate(parts):
             saved = token if number == len(parts) - 1 else None
-            self._transaction(partial(self._count_part, events=some_events, jobs=some_jobs, token=saved))
+            in_transaction(
+                self.database, partial(self._count_part, events=some_events, jobs=some_jobs, token=saved)
+            )
         if token is not None:
             self._saved_at = time.monotonic()
 
@@ -282,58 +248,110 @@ class MongoStore:
         self, session: ClientSession, *, events: list[EventKey], jobs: list[DispatchJob], token: str | None
     ) -> None:
         self._save_checkpoint(session, token)  # first: refused, it writes nothing
-        keys = [f"event:{e[1]}" for e in events] + [_job_mark(j) for j in jobs]  # e[1]: the event's id
-        if not keys:
-            return
-        marks = self.database[PROJECTION_MARKS]
-        seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
-        # Each key once, whatever the batch holds twice (two _ids that read as
-        # one id): a mark inserted twice would abort the transaction at every retry.
-        counted = seen.copy()
-        delta = ProjectionDelta.of(
-            (e for e in events if _first(f"event:{e[1]}", counted)),
-            (j for j in jobs if _first(_job_mark(j), counted)),
-        )
-        now = datetime.now(UTC)
-        new = [{"_id": key, "at": now} for key in dict.fromkeys(keys) if key not in seen]
-        _write(self.database, session, "insert", PROJECTION_MARKS, documents=new)
-        self._apply(delta, session)
-
-    def _transaction(self, callback: Callable[[ClientSession], None]) -> None:
-        """Run ``callback`` in a transaction, retried by the driver while MongoDB
-        labels its failures transient, for ``TRANSACTION_SECONDS`` at most (the
-        driver's own bound is 120 s, longer than a stop may wait)."""
-        with self.database.client.start_session() as session, pymongo.timeout(TRANSACTION_SECONDS):
-            session.with_transaction(callback)
-
-    def _apply(self, delta: ProjectionDelta, session: ClientSession) -> None:
-        events = [
-            {"q": {"_id": t}, "u": {"$inc": {"count": n}}, "upsert": True}
-            for t, n in delta.event_types.items()
-        ]
-        subscriptions = [
-            {
-                "q": {"_id": key},
-                "u": {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
-                "upsert": True,
-            }
-            for key, jobs, last in delta.subscription_rows()
-        ]
-        clients = [
-            {
-                "q": {"_id": key},
-                "u": {"$inc": {"events": events, "jobs": jobs}}
-                | ({"$max": {"last_event_time": last}} if last else {}),
-                "upsert": True,
-            }
-            for key, events, jobs, last in delta.client_rows()
-        ]
-        _write(self.database, session, "update", EVENT_TYPE_COUNTS, updates=events)
-        _write(self.database, session, "update", SUBSCRIPTION_STATS, updates=subscriptions)
-        _write(self.database, session, "update", CLIENT_ACTIVITY, updates=clients)
+        count_marked(self.database, session, events, jobs)
 
     def close(self) -> None:
         self._subscriptions.close()
+
+
+def insert_jobs(
+    collection: Collection[Document], jobs: Sequence[DispatchJob], before: set[str]
+) -> list[DispatchJob]:
+    """Insert every job; one that exists already is done. Returns those that were
+    new, counting those a failed attempt at the same jobs inserted (``before``:
+    their ids, which a failure adds to)."""
+    if not jobs:
+        return []
+    try:
+        collection.insert_many([job_document(j) for j in jobs], ordered=False)
+        return list(jobs)
+    except BulkWriteError as error:
+        errors = error.details.get("writeErrors", [])
+        failed = {e.get("index") for e in errors}
+        fresh = {job.id for n, job in enumerate(jobs) if n not in failed}
+        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        # A write concern error: written on the primary, not yet as durable as
+        # asked (a rollback could take the jobs back), so not done.
+        others += error.details.get("writeConcernErrors") or []
+        if others:  # retried as a whole: what this attempt inserted will be a duplicate then
+            before |= fresh
+            raise StoreUnavailable(f"inserting jobs: {others[0].get('errmsg')}") from error
+        created = fresh | ({jobs[n].id for n in failed} & before)
+        return list({job.id: job for job in jobs if job.id in created}.values())  # equal jobs: one
+
+
+def insert_filter_failures(database: Database[Document], failures: Sequence[FilterFailure]) -> None:
+    """Each pair once, whatever replays: keyed by the job id the pair would have."""
+    if not failures:
+        return
+    database[FILTER_FAILURES].bulk_write(
+        [
+            UpdateOne(
+                {"_id": job_id(failure.event_id, failure.subscription_id)},
+                {"$setOnInsert": asdict(failure)},
+                upsert=True,
+            )
+            for failure in failures
+        ],
+        ordered=False,
+    )
+
+
+def in_transaction(database: Database[Document], callback: Callable[[ClientSession], None]) -> None:
+    """Run ``callback`` in a transaction, retried by the driver while MongoDB
+    labels its failures transient, for ``TRANSACTION_SECONDS`` at most (the
+    driver's own bound is 120 s, longer than a stop may wait)."""
+    with database.client.start_session() as session, pymongo.timeout(TRANSACTION_SECONDS):
+        session.with_transaction(callback)
+
+
+def count_marked(
+    database: Database[Document], session: ClientSession, events: list[EventKey], jobs: list[DispatchJob]
+) -> None:
+    """In ``session``'s transaction: mark the events and jobs counted, and count
+    those that were not marked yet."""
+    keys = [f"event:{e[1]}" for e in events] + [_job_mark(j) for j in jobs]  # e[1]: the event's id
+    if not keys:
+        return
+    marks = database[PROJECTION_MARKS]
+    seen = {d["_id"] for d in marks.find({"_id": {"$in": keys}}, {"_id": 1}, session=session)}
+    # Each key once, whatever the batch holds twice (two _ids that read as
+    # one id): a mark inserted twice would abort the transaction at every retry.
+    counted = seen.copy()
+    delta = ProjectionDelta.of(
+        (e for e in events if _first(f"event:{e[1]}", counted)),
+        (j for j in jobs if _first(_job_mark(j), counted)),
+    )
+    now = datetime.now(UTC)
+    new = [{"_id": key, "at": now} for key in dict.fromkeys(keys) if key not in seen]
+    _write(database, session, "insert", PROJECTION_MARKS, documents=new)
+    _apply(database, delta, session)
+
+
+def _apply(database: Database[Document], delta: ProjectionDelta, session: ClientSession) -> None:
+    events = [
+        {"q": {"_id": t}, "u": {"$inc": {"count": n}}, "upsert": True} for t, n in delta.event_types.items()
+    ]
+    subscriptions = [
+        {
+            "q": {"_id": key},
+            "u": {"$inc": {"jobs_created": jobs}, "$max": {"last_matched_at": last}},
+            "upsert": True,
+        }
+        for key, jobs, last in delta.subscription_rows()
+    ]
+    clients = [
+        {
+            "q": {"_id": key},
+            "u": {"$inc": {"events": events, "jobs": jobs}}
+            | ({"$max": {"last_event_time": last}} if last else {}),
+            "upsert": True,
+        }
+        for key, events, jobs, last in delta.client_rows()
+    ]
+    _write(database, session, "update", EVENT_TYPE_COUNTS, updates=events)
+    _write(database, session, "update", SUBSCRIPTION_STATS, updates=subscriptions)
+    _write(database, session, "update", CLIENT_ACTIVITY, updates=clients)
 
 
 def _write(
@@ -394,7 +412,9 @@ def _first(key: str, counted: set[str]) -> bool:
     return True
 
 
-def _parts(events: list[EventKey], jobs: list[DispatchJob]) -> list[tuple[list[EventKey], list[DispatchJob]]]:
+def in_parts(
+    events: list[EventKey], jobs: list[DispatchJob]
+) -> list[tuple[list[EventKey], list[DispatchJob]]]:
     """The tally in parts of at most ``MARKS_PER_TRANSACTION`` marks, events and
     jobs together (a batch is one transaction); one empty part for an empty tally."""
     size, parts = MARKS_PER_TRANSACTION, []

@@ -164,7 +164,7 @@ class MongoSubscriptions:
                 max_await_time_ms=1,
                 session=session,
             )
-            found = map(_stored, self._collection.find(session=session))
+            found = map(stored_subscription, self._collection.find(session=session))
             standing: dict[str, SubscriptionChange | None] = {s.subscription_id: s for s in found}
             since: list[SubscriptionChange] = []
             if as_of is not None:
@@ -258,12 +258,12 @@ class MongoSubscriptions:
         order = order_of(change["clusterTime"])
         after = change.get("fullDocument")
         handed = (
-            _stored(after, order)
+            stored_subscription(after, order)
             if operation != "delete" and isinstance(after, RawBSONDocument)
             else SubscriptionChange(key, None, order)  # deleted, or since (``updateLookup``)
         )
         before = change.get("fullDocumentBeforeChange")
-        return handed, _stored(before) if isinstance(before, RawBSONDocument) else None
+        return handed, stored_subscription(before) if isinstance(before, RawBSONDocument) else None
 
     def _pre_and_post_images(self) -> bool:
         """Whether the stream may ask for images: once a feed, turned on first."""
@@ -316,7 +316,7 @@ def _reason(error: OperationFailure) -> str:
     return f"{message}; code {error.code}"
 
 
-def _stored(raw: RawBSONDocument, effective_after: int = -1) -> SubscriptionChange:
+def stored_subscription(raw: RawBSONDocument, effective_after: int = -1) -> SubscriptionChange:
     """A stored subscription as the contract has it; with a ``problem`` (logged)
     when its bytes cannot be read: the matcher keeps none of it then, drops a
     version it held, and counts it invalid."""

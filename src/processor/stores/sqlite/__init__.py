@@ -2,7 +2,8 @@
 
 ``schema`` holds the tables and transactions, ``rows`` the value codecs, ``feed``
 the change feed over ``events``, ``store`` the processor's side, ``claim`` its
-one-processor-per-file lock, ``catalog`` the API's side. Outside this package,
+one-processor-per-file lock, ``catalog`` the API's side, ``repairs`` the
+operator tools'. Outside this package,
 only the names below are used."""
 
 from processor.stores.sqlite.catalog import (
@@ -14,6 +15,7 @@ from processor.stores.sqlite.catalog import (
 )
 from processor.stores.sqlite.claim import StoreClaimed
 from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed
+from processor.stores.sqlite.repairs import SqliteRepairs
 from processor.stores.sqlite.rows import job_from_row, job_row, timestamp
 from processor.stores.sqlite.schema import LEGACY_JOBS_TABLE, connect, transaction
 from processor.stores.sqlite.store import FOLD_EVENTS, RESUME_KEY, SqliteStore
@@ -28,6 +30,7 @@ __all__ = [
     "InvalidSubscription",
     "Page",
     "SqliteFeed",
+    "SqliteRepairs",
     "SqliteStore",
     "StoreClaimed",
     "connect",

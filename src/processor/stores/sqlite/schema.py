@@ -126,6 +126,15 @@ CREATE TABLE IF NOT EXISTS projection_marks (
     jobs_seq      INTEGER NOT NULL
 );
 
+-- Events and jobs that an operator's repair counted in the projections itself
+-- (a dead letter re-driven, a job backfilled): a start's recount passes over
+-- them, and a count that moves the marks past them deletes them.
+CREATE TABLE IF NOT EXISTS counted_apart (
+    kind TEXT NOT NULL,     -- 'event' (by events.seq) or 'job' (by dispatch_jobs.seq)
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (kind, seq)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS resume_tokens (
     key        TEXT PRIMARY KEY,
     token      TEXT NOT NULL,

@@ -189,9 +189,9 @@ class SqliteStore:
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         token = batch.resume_token
         with transaction(self._connection):
-            new_jobs = self._insert_jobs(batch.jobs, batch.orders)
+            new_jobs = insert_jobs(self._connection, batch.jobs, batch.orders)
             self._insert_dead_letters(batch.dead_letters)
-            self._insert_filter_failures(batch.filter_failures)
+            insert_filter_failures(self._connection, batch.filter_failures)
             if token is not None:  # a batch without one comes again
                 self._connection.execute(
                     "UPDATE projection_marks SET committed_seq = ? WHERE key = ?",
@@ -250,7 +250,13 @@ class SqliteStore:
         counted = 0 if marks is None else marks[0]
         events = [key for key in tally.events if key[0] > counted]  # key[0]: the event's seq
         jobs = list({job.id: job for job in tally.jobs if job.id not in existing}.values())
-        self._apply(ProjectionDelta.of(events, jobs))
+        apply_delta(connection, ProjectionDelta.of(events, jobs))
+        # What repairs counted apart is behind the marks now: the recount never reads it again.
+        connection.execute(
+            "DELETE FROM counted_apart WHERE (kind = 'event' AND seq <= ?) "
+            f"OR (kind = 'job' AND seq <= ({LAST_JOB}))",
+            (through,),
+        )
         connection.execute(
             "INSERT INTO projection_marks (key, committed_seq, counted_seq, jobs_seq) "
             f"VALUES (?1, ?2, ?2, ({LAST_JOB})) ON CONFLICT (key) DO UPDATE SET "
@@ -259,33 +265,6 @@ class SqliteStore:
             "jobs_seq = excluded.jobs_seq",
             (self._resume_key, through),
         )
-
-    def _insert_jobs(self, jobs: Sequence[DispatchJob], orders: Mapping[str, int]) -> Sequence[DispatchJob]:
-        """Insert and return the jobs that were new, each keyed by its event's seq
-        (its order in the feed) where ``orders`` has it. The batch insert skips the jobs
-        that are there already; when it skipped some, the rows it added (those past
-        the largest ``seq`` before it: SQLite gives a new row the largest plus one,
-        as long as that is below 2**63, which no row of this store comes near)
-        say which were new. No savepoint: one would make SQLite keep a copy of every
-        page the insert changes, in case of a rollback."""
-        if not jobs:
-            return jobs
-        connection = self._connection
-        (last,) = connection.execute("SELECT coalesce(max(seq), 0) FROM dispatch_jobs").fetchone()
-        rows = (job_row(job, orders.get(job.event_id)) for job in jobs)
-        if connection.executemany(INSERT_JOB, rows).rowcount == len(jobs):
-            return jobs
-        written = connection.execute(
-            "SELECT event_id, subscription_id FROM dispatch_jobs WHERE seq > ?", (last,)
-        )
-        added = {(row[0], row[1]) for row in written}
-        new_jobs = []
-        for job in jobs:  # of equal jobs in one batch, the first was written
-            pair = (job.event_id, job.subscription_id)
-            if pair in added:
-                added.discard(pair)
-                new_jobs.append(job)
-        return new_jobs
 
     def _insert_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         self._connection.executemany(
@@ -305,39 +284,6 @@ class SqliteStore:
             ],
         )
 
-    def _insert_filter_failures(self, failures: Sequence[FilterFailure]) -> None:
-        self._connection.executemany(
-            "INSERT OR IGNORE INTO filter_failures (event_id, subscription_id, client_id, reason, failed_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [
-                (f.event_id, f.subscription_id, f.client_id, f.reason, timestamp(f.failed_at))
-                for f in failures
-            ],
-        )
-
-    def _apply(self, delta: ProjectionDelta) -> None:
-        connection = self._connection
-        connection.executemany(
-            "INSERT INTO event_type_counts (type, count) VALUES (?, ?) "
-            "ON CONFLICT (type) DO UPDATE SET count = count + excluded.count",
-            delta.event_types.items(),
-        )
-        connection.executemany(
-            "INSERT INTO subscription_stats (subscription_id, jobs_created, last_matched_at) "
-            "VALUES (?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
-            "jobs_created = jobs_created + excluded.jobs_created, "
-            "last_matched_at = max(coalesce(last_matched_at, ''), excluded.last_matched_at)",
-            [(key, jobs, timestamp(last)) for key, jobs, last in delta.subscription_rows()],
-        )
-        connection.executemany(
-            "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
-            "jobs = jobs + excluded.jobs, "
-            "last_event_time = nullif(max(coalesce(last_event_time, ''), "
-            "coalesce(excluded.last_event_time, '')), '')",
-            [(key, events, jobs, sql_value(last)) for key, events, jobs, last in delta.client_rows()],
-        )
-
     def close(self) -> None:
         self._connection.close()
         self._release()
@@ -347,13 +293,76 @@ class SqliteStore:
             self._claim.release()
 
 
+def insert_jobs(
+    connection: sqlite3.Connection, jobs: Sequence[DispatchJob], orders: Mapping[str, int]
+) -> Sequence[DispatchJob]:
+    """Insert and return the jobs that were new, each keyed by its event's seq
+    (its order in the feed) where ``orders`` has it. The batch insert skips the jobs
+    that are there already; when it skipped some, the rows it added (those past
+    the largest ``seq`` before it: SQLite gives a new row the largest plus one,
+    as long as that is below 2**63, which no row of this store comes near)
+    say which were new. No savepoint: one would make SQLite keep a copy of every
+    page the insert changes, in case of a rollback."""
+    if not jobs:
+        return jobs
+    (last,) = connection.execute("SELECT coalesce(max(seq), 0) FROM dispatch_jobs").fetchone()
+    rows = (job_row(job, orders.get(job.event_id)) for job in jobs)
+    if connection.executemany(INSERT_JOB, rows).rowcount == len(jobs):
+        return jobs
+    written = connection.execute("SELECT event_id, subscription_id FROM dispatch_jobs WHERE seq > ?", (last,))
+    added = {(row[0], row[1]) for row in written}
+    new_jobs = []
+    for job in jobs:  # of equal jobs in one batch, the first was written
+        pair = (job.event_id, job.subscription_id)
+        if pair in added:
+            added.discard(pair)
+            new_jobs.append(job)
+    return new_jobs
+
+
+def insert_filter_failures(connection: sqlite3.Connection, failures: Sequence[FilterFailure]) -> None:
+    connection.executemany(
+        "INSERT OR IGNORE INTO filter_failures (event_id, subscription_id, client_id, reason, failed_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(f.event_id, f.subscription_id, f.client_id, f.reason, timestamp(f.failed_at)) for f in failures],
+    )
+
+
+def apply_delta(connection: sqlite3.Connection, delta: ProjectionDelta) -> None:
+    connection.executemany(
+        "INSERT INTO event_type_counts (type, count) VALUES (?, ?) "
+        "ON CONFLICT (type) DO UPDATE SET count = count + excluded.count",
+        delta.event_types.items(),
+    )
+    connection.executemany(
+        "INSERT INTO subscription_stats (subscription_id, jobs_created, last_matched_at) "
+        "VALUES (?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET "
+        "jobs_created = jobs_created + excluded.jobs_created, "
+        "last_matched_at = max(coalesce(last_matched_at, ''), excluded.last_matched_at)",
+        [(key, jobs, timestamp(last)) for key, jobs, last in delta.subscription_rows()],
+    )
+    connection.executemany(
+        "INSERT INTO client_activity (client_id, events, jobs, last_event_time) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (client_id) DO UPDATE SET events = events + excluded.events, "
+        "jobs = jobs + excluded.jobs, "
+        "last_event_time = nullif(max(coalesce(last_event_time, ''), "
+        "coalesce(excluded.last_event_time, '')), '')",
+        [(key, events, jobs, sql_value(last)) for key, events, jobs, last in delta.client_rows()],
+    )
+
+
 # Without the payloads, which the projections do not count (and events whose
 # payload was invalid were dead-lettered): read in pages, memory stays small.
 READ_UNCOUNTED = (
     f"SELECT {', '.join('NULL' if c in JSON_COLUMNS else c for c in FEED_COLUMNS)} "
     "FROM events WHERE seq > ? AND seq <= ? "
     "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE position = CAST(events.seq AS TEXT)) "
+    "AND NOT EXISTS (SELECT 1 FROM counted_apart WHERE kind = 'event' AND seq = events.seq) "
     "ORDER BY seq LIMIT 500"
 )
-READ_UNCOUNTED_JOBS = f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? ORDER BY seq"
+READ_UNCOUNTED_JOBS = (
+    f"SELECT {', '.join(JOB_COLUMNS)} FROM dispatch_jobs WHERE seq > ? "
+    "AND NOT EXISTS (SELECT 1 FROM counted_apart c WHERE c.kind = 'job' AND c.seq = dispatch_jobs.seq) "
+    "ORDER BY seq"
+)
 LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"

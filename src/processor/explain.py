@@ -1,0 +1,187 @@
+"""Why an event reaches a subscription or not, told by the matcher itself.
+
+The verdict is the processor's own: the subscriptions as they stand are put in
+a ``SubscriptionMatcher`` and the event is matched as the loop matches it (the
+same trie, the same filter index). Only the reason for a refusal is found
+apart, from the same conditions (``predicates.labelled_conditions``) judged on
+the same selections, and from fastmatch's contract for the pattern, so that an
+explanation cannot disagree with what the loop did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fastmatch import SEGMENT_NAMES, first_difference
+from processor.filter_index import Failed, Matched
+from processor.filters import EventFilters, PayloadCondition
+from processor.jobs import job_id
+from processor.matching import SubscriptionMatcher
+from processor.models import Event, Subscription
+from processor.predicates import Selection, Selections, labelled_conditions
+from processor.stores.base import SubscriptionChange
+
+SHOWN_VALUES = 5  # of what a filter's path selected, shown in a reason
+SHOWN_CHARACTERS = 120  # of each value shown: an event's values are as large as its producer made them
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored subscription that breaks the contract: the processor skips it."""
+
+    id: str
+    reason: str
+    client_id: str | None = None
+    name: str | None = None
+
+
+Held = Subscription | Unreadable
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One subscription's answer to one event. ``field``: the part of the
+    subscription that refused it; ``job_id``: the job it becomes, when it matches."""
+
+    subscription_id: str
+    name: str | None
+    matches: bool
+    field: str | None = None
+    reason: str | None = None
+    job_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Judge:
+    """The subscriptions as they stand now, matched as the loop matches them."""
+
+    def __init__(self, changes: Iterable[SubscriptionChange]) -> None:
+        self.matcher = SubscriptionMatcher()
+        self.held: dict[str, Held] = {}
+        self._changes: dict[str, SubscriptionChange] = {}
+        for change in changes:
+            problem = self.matcher.admit(change)
+            key = change.subscription_id
+            self._changes[key] = change
+            if problem is not None:
+                stored = change.document or {}
+                self.held[key] = Unreadable(
+                    key, problem, _text(stored.get("client_id")), _text(stored.get("name"))
+                )
+            elif change.document is not None:
+                self.held[key] = Subscription.model_validate(change.document)
+
+    def only(self, subscription_id: str) -> Judge:
+        """A judge of one of these subscriptions alone: a backfill's."""
+        return Judge([self._changes[subscription_id]])
+
+    def match(self, event: Event) -> tuple[Matched, Failed]:
+        return self.matcher.match(event)
+
+    def explain(self, event: Event) -> list[Verdict]:
+        """A verdict for every subscription of the event's client, in the order
+        they were given: whether it matches, and if not, the first reason."""
+        matched, failed = self.match(event)
+        wanted = {subscription.id for subscription in matched}
+        failures = {subscription.id: error for subscription, error in failed}
+        selections = Selections(event)
+        verdicts = []
+        for held in self.held.values():
+            if held.client_id != event.client_id:
+                continue
+            if isinstance(held, Unreadable):
+                verdicts.append(Verdict(held.id, held.name, False, "subscription", f"skipped: {held.reason}"))
+            elif held.id in wanted:
+                verdicts.append(Verdict(held.id, held.name, True, job_id=job_id(event.id, held.id)))
+            elif held.id in failures:
+                field = _failing_field(held, selections) or "filters"
+                reason = f"could not be evaluated on the event ({type(failures[held.id]).__name__}: "
+                verdicts.append(Verdict(held.id, held.name, False, field, f"{reason}{failures[held.id]})"))
+            else:
+                verdicts.append(Verdict(held.id, held.name, False, *_refusal(held, event, selections)))
+        return verdicts
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _refusal(subscription: Subscription, event: Event, selections: Selections) -> tuple[str, str]:
+    """The first part of ``subscription`` that refuses ``event``, and why."""
+    if not subscription.active:
+        return "active", "the subscription is inactive"
+    pattern = subscription.event_type_pattern
+    at = first_difference(pattern, event.type)
+    if at is not None:
+        given, wanted = event.type.split(":")[at], pattern.split(":")[at]
+        return (
+            "event_type_pattern",
+            f"segment {at + 1} ({SEGMENT_NAMES[at]}) of the type is {given!r}; "
+            f"the pattern {pattern!r} wants {wanted!r}",
+        )
+    filters = subscription.filters
+    for field, condition in labelled_conditions(filters):
+        selection = selections[condition.selector]
+        if selection.error is None and not condition.holds(selection):
+            assert filters is not None
+            return field, _why(field, filters, event, selection)
+    # The matcher refused it and no condition does: a defect, said as one.
+    return (
+        "filters",
+        "refused by the matcher, but every condition holds: a defect of the processor, please report it",
+    )
+
+
+def _failing_field(subscription: Subscription, selections: Selections) -> str | None:
+    for field, condition in labelled_conditions(subscription.filters):
+        selection = selections[condition.selector]
+        if selection.error is not None:
+            return field
+        try:
+            condition.holds(selection)
+        except Exception:
+            return field
+    return None
+
+
+def _why(field: str, filters: EventFilters, event: Event, selection: Selection) -> str:
+    if field == "filters.source":
+        listed = _shown(filters.source)
+        if event.source is None:
+            return f"the event has no source; the subscription takes only {listed}"
+        return f"the event's source {_shown(event.source)} is not listed: {listed}"
+    if field.startswith("filters.metadata."):
+        name = field.removeprefix("filters.metadata.")
+        expected = _shown((filters.metadata or {})[name])
+        if not selection.values:
+            return f"the event's metadata has no {name!r}; the subscription wants {expected}"
+        return f"the event's metadata {name!r} is {_values(selection.values)}, not {expected}"
+    entry = (filters.payload or [])[int(field.removeprefix("filters.payload[").removesuffix("]"))]
+    if isinstance(entry, str):
+        return f"the query {entry} selects nothing in the event's data"
+    written = _condition(entry)
+    if not selection.values:
+        return f"{written}: {entry.path} selects nothing in the event's data"
+    return f"{written} fails: the event's data has {_values(selection.values)} there"
+
+
+def _condition(condition: PayloadCondition) -> str:
+    if condition.op == "exists":
+        return f"{condition.path} exists"
+    return f"{condition.path} {condition.op} {_shown(condition.value)}"
+
+
+def _values(values: Sequence[object]) -> str:
+    shown = ", ".join(_shown(value) for value in values[:SHOWN_VALUES])
+    more = len(values) - SHOWN_VALUES
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 1] + "…"
