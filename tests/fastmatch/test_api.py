@@ -806,10 +806,15 @@ def test_public_names() -> None:
     index = fastmatch.PatternIndex[str]()
     index.add("orders:*:*:*", "k")
     assert index.match(SHIPPED) == ["k"]
+    assert fastmatch.first_difference("orders:*:*:shipped", SHIPPED) is None
+    assert fastmatch.first_difference("orders:*:*:packed", SHIPPED) == 3
+    assert fastmatch.SEGMENT_NAMES[3] == "action"
     assert set(fastmatch.__all__) == {
         "IMPLEMENTATION",
+        "SEGMENT_NAMES",
         "InvalidPattern",
         "PatternIndex",
+        "first_difference",
         "validate_event_type",
         "validate_pattern",
     }
