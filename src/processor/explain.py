@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from fastmatch import SEGMENT_NAMES, first_difference
 from processor.filter_index import Failed, Matched
@@ -52,9 +51,6 @@ class Verdict:
     field: str | None = None
     reason: str | None = None
     job_id: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Judge:

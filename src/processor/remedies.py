@@ -57,22 +57,10 @@ class Report:
         else:
             self.reasons["(other reasons)"] += 1
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "examined": self.examined,
-            "created": self.created,
-            "skipped": self.skipped,
-            "resolved": self.resolved,
-            "left": self.left,
-            "reasons": dict(self.reasons.most_common()),
-            "next": self.next,
-            "subscriptions_as_of": self.as_of.isoformat(),
-        }
-
 
 @dataclass(frozen=True)
 class Limits:
-    """When a run stops before the end: ``items`` examined (an API call's
+    """When a run stops before the end: ``items`` read (an API call's
     bound), or ``stop`` set (a signal); ``progress`` hears of every page."""
 
     items: int | None = None
