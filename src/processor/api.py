@@ -20,10 +20,12 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError, model_validator
 from pydantic.json_schema import models_json_schema
 
 from processor import api_documents as documents
+from processor import remedies
+from processor.explain import Explanation, explain_stored, explain_unsaved
 from processor.health import Health
 from processor.http_errors import (
     ApiError,
@@ -38,16 +40,21 @@ from processor.models import (
     MAX_ID_LENGTH,
     EventType,
     Identifier,
+    InvalidEvent,
     SubscriptionFields,
     SubscriptionPatch,
     UtcTime,
 )
 from processor.ops import add_ops_routes
+from processor.remedies import Limits
+from processor.stores.base import Repairs
 from processor.stores.sqlite import Catalog, EventExists, Page, subscription_document
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_CURSOR = 2**63 - 1  # the largest seq SQLite can hold
+DEFAULT_REPAIR_ITEMS = 1000  # items one re-drive or backfill request reads: a request's time stays short
+MAX_REPAIR_ITEMS = 10_000
 JSON_MEDIA = re.compile(r"application/(?:[\w.\-]+\+)?json\s*(?:;|\Z)", re.IGNORECASE)
 T = TypeVar("T")
 
@@ -100,10 +107,96 @@ class JobQuery(PageQuery):
     )
 
 
+class RecentEventQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    before: int | None = Field(None, ge=1, le=MAX_CURSOR, description="the `next` of the previous page")
+    limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
 class SubscriptionQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client_id: QueryId | None = None
+
+
+class ExplainRequest(BaseModel):
+    """The event to explain: a stored one, by id, or one typed as it would be posted."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": [name],
+                    "properties": {name: {"type": "object" if name == "event" else "string"}},
+                }
+                for name in ("event_id", "event")
+            ]
+        },
+    )
+
+    event_id: QueryId | None = None
+    event: NewEvent | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExplainRequest:
+        if (self.event_id is None) == (self.event is None):
+            raise ValueError("give either event_id (a stored event) or event (one typed), not both")
+        return self
+
+
+# fc-dev's store is SQLite, whose positions and keys are whole numbers.
+Cursor = Annotated[str, Field(pattern=r"^[0-9]{1,18}$", description="the `next` of an earlier run")]
+Items = Annotated[
+    int,
+    Field(
+        ge=1, le=MAX_REPAIR_ITEMS, description="items this request reads at most; `next` resumes after them"
+    ),
+]
+
+
+class RedriveDeadLetters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(min_length=1, max_length=1000)] | None = Field(
+        None, description="only the letters whose reason contains this"
+    )
+    event_id: QueryId | None = None
+    after: Cursor | None = None
+    limit: Items = DEFAULT_REPAIR_ITEMS
+
+
+class RetryFilterFailures(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subscription_id: QueryId | None = None
+    event_id: QueryId | None = None
+    after: Cursor | None = None
+    limit: Items = DEFAULT_REPAIR_ITEMS
+
+
+class Backfill(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["since", "after"],
+                "properties": {"since": {"type": "string"}, "after": {"type": "string"}},
+            }
+        },
+    )
+
+    subscription_id: QueryId
+    since: UtcTime | None = Field(None, description="from the first event inserted at this time or later")
+    after: Cursor | None = Field(None, description="after this event position (an earlier run's `next`)")
+    limit: Items = DEFAULT_REPAIR_ITEMS
+
+    @model_validator(mode="after")
+    def _one_start(self) -> Backfill:
+        if self.since is not None and self.after is not None:
+            raise ValueError("give since or after, not both")
+        return self
 
 
 def once_each(request: Request) -> None:
@@ -166,12 +259,29 @@ def body_schema(model: type[BaseModel], *, array: bool = False) -> dict[str, Any
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-BODY_MODELS = (NewEvent, SubscriptionFields, SubscriptionPatch)
+BODY_MODELS = (
+    NewEvent,
+    SubscriptionFields,
+    SubscriptionPatch,
+    ExplainRequest,
+    RedriveDeadLetters,
+    RetryFilterFailures,
+    Backfill,
+)
 
 
-def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callable[[], bool]) -> FastAPI:
+def body(model: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A route's JSON object body, read as ``model``."""
+    return json_body(TypeAdapter(model).validate_json, "must be a JSON object")
+
+
+def create_app(
+    catalog: Catalog, repairs: Repairs, metrics: Metrics, health: Health, alive: Callable[[], bool]
+) -> FastAPI:
     """The API, with the processor's ``/health``, ``/metrics``, ``/live`` and ``/ready``
-    beside it; ``alive`` says whether the processing thread runs."""
+    beside it; ``alive`` says whether the processing thread runs. ``repairs``
+    serves the operator's routes (explain, re-drive, backfill), beside the
+    processor as the commands run beside one."""
     app = FastAPI(
         title="fc-dev",
         description="The stream processor with its embedded store, for development.",
@@ -293,13 +403,103 @@ def create_app(catalog: Catalog, metrics: Metrics, health: Health, alive: Callab
         """(event, subscription) pairs whose filter failed on the event: not matched, no job."""
         return catalog.filter_failures(**query.model_dump())
 
+    @app.get(
+        "/api/events",
+        response_model=None,
+        responses={200: {"model": documents.RecentEventPage}, **errors(422, 503)},
+    )
+    def recent_events(query: Annotated[RecentEventQuery, Query()]) -> Page:
+        """The newest events first, each with the jobs it became so far."""
+        return catalog.recent_events(**query.model_dump())
+
     @app.get("/api/stats", response_model=None, responses={200: {"model": documents.Stats}, **errors(503)})
     def stats() -> dict[str, Any]:
         """Event counts by type, jobs and last match per subscription, activity per client."""
         return catalog.stats()
 
+    add_operator_routes(app, repairs)
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def add_operator_routes(app: FastAPI, repairs: Repairs) -> None:
+    """Explain, re-drive and backfill: what ``fc-stream-processor``'s commands do,
+    each request bounded by its ``limit``."""
+    errors = documents.error_responses
+
+    @app.post(
+        "/api/explain",
+        response_model=None,
+        responses={200: {"model": documents.ExplanationDocument}, **errors(404, 413, 415, 422, 503)},
+        openapi_extra=body_schema(ExplainRequest),
+    )
+    def explain(request: Annotated[ExplainRequest, Depends(body(ExplainRequest))]) -> dict[str, Any]:
+        """For every subscription of the event's client: whether it matches, and if
+        not, the first part that refuses it and why, as the processor judges now."""
+        explanation: Explanation
+        if request.event_id is not None:
+            try:
+                explanation = explain_stored(repairs, request.event_id)
+            except LookupError:
+                raise not_found("event", request.event_id) from None
+            except InvalidEvent as error:
+                problem = f"the stored event breaks the contract (it is a dead letter): {error}"
+                raise ApiError(
+                    422, f"event_id: {problem}", [{"field": "event_id", "problem": problem}]
+                ) from None
+        else:
+            assert request.event is not None
+            explanation = explain_unsaved(repairs, request.event.model_dump())
+        return explanation.document()
+
+    report_responses: dict[int | str, dict[str, Any]] = {200: {"model": documents.ReportDocument}}
+
+    @app.post(
+        "/api/redrive/dead-letters",
+        response_model=None,
+        responses={**report_responses, **errors(413, 415, 422, 503)},
+        openapi_extra=body_schema(RedriveDeadLetters),
+    )
+    def redrive_dead_letters(
+        request: Annotated[RedriveDeadLetters, Depends(body(RedriveDeadLetters))],
+    ) -> dict[str, Any]:
+        """Process dead letters again, once their stored events are mended: those
+        that pass become jobs and go; the others stay, counted by reason."""
+        fields = request.model_dump(exclude={"limit"})
+        return remedies.redrive_dead_letters(repairs, **fields, limits=Limits(request.limit)).document()
+
+    @app.post(
+        "/api/redrive/filter-failures",
+        response_model=None,
+        responses={**report_responses, **errors(413, 415, 422, 503)},
+        openapi_extra=body_schema(RetryFilterFailures),
+    )
+    def retry_filter_failures(
+        request: Annotated[RetryFilterFailures, Depends(body(RetryFilterFailures))],
+    ) -> dict[str, Any]:
+        """Judge pairs whose filter failed again: a match becomes its job; an
+        answer either way resolves the pair."""
+        fields = request.model_dump(exclude={"limit"})
+        return remedies.retry_filter_failures(repairs, **fields, limits=Limits(request.limit)).document()
+
+    @app.post(
+        "/api/backfill",
+        response_model=None,
+        responses={**report_responses, **errors(404, 409, 413, 415, 422, 503)},
+        openapi_extra=body_schema(Backfill),
+    )
+    def backfill(request: Annotated[Backfill, Depends(body(Backfill))]) -> dict[str, Any]:
+        """One subscription's missing jobs for past events, as it stands now."""
+        key = request.subscription_id
+        try:
+            report = remedies.backfill(
+                repairs, key, since=request.since, after=request.after, limits=Limits(request.limit)
+            )
+        except LookupError:
+            raise not_found("subscription", key) from None
+        except remedies.NotBackfillable as error:
+            raise ApiError(409, str(error), [{"field": "subscription_id", "problem": str(error)}]) from None
+        return report.document()
 
 
 def not_found(what: str, key: str) -> ApiError:

@@ -95,6 +95,69 @@ class FilterFailurePage(BaseModel):
     next: int | None
 
 
+class JobSummary(BaseModel):
+    id: str
+    subscription_id: str
+    status: str
+
+
+class RecentEventDocument(BaseModel):
+    position: int = Field(description="where the event stands in the store's feed")
+    id: str | None
+    type: str | None
+    client_id: str | None
+    source: str | None
+    time: str | None
+    received_at: str | None
+    jobs: list[JobSummary] = Field(description="the first 100 jobs made of it so far")
+    jobs_total: int
+
+
+class RecentEventPage(BaseModel):
+    items: list[RecentEventDocument]
+    next: int | None = Field(description="pass as `before` for older events; null on the last page")
+
+
+class ExplainedEvent(BaseModel):
+    id: str | None = Field(description="null for an event typed, not stored")
+    type: str
+    client_id: str
+    stored: bool
+
+
+class VerdictDocument(BaseModel):
+    subscription_id: str
+    name: str | None
+    matches: bool
+    field: str | None = Field(
+        description="the part that refused the event: `active`, `event_type_pattern`, `filters.source`, "
+        "`filters.metadata.<key>`, `filters.payload[i]`, `filters` or `subscription` (invalid)"
+    )
+    reason: str | None
+    job_id: str | None = Field(description="the job a stored event becomes, when it matches")
+
+
+class ExplanationDocument(BaseModel):
+    event: ExplainedEvent
+    subscriptions_as_of: str = Field(description="the subscriptions were read as they stood then")
+    matches: int
+    verdicts: list[VerdictDocument] = Field(description="one per subscription of the event's client")
+
+
+class ReportDocument(BaseModel):
+    """What a re-drive or backfill did, as the subscriptions stand now."""
+
+    examined: int = Field(description="dead letters, filter failures or events read")
+    created: int = Field(description="jobs created")
+    skipped: int = Field(description="jobs that existed already")
+    resolved: int = Field(description="dead letters or filter failures removed")
+    left: int = Field(description="items still failing, counted by reason in `reasons`")
+    reasons: dict[str, int]
+    next: str | None = Field(description="pass as `after` to go on; null once the run reached the end")
+    subscriptions_as_of: str
+    note: str
+
+
 class SubscriptionStats(BaseModel):
     jobs_created: int
     last_matched_at: str | None
@@ -117,7 +180,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meanings = {
         404: "no such resource",
         405: "the path does not take this method",
-        409: "an id is taken, or repeated within the batch",
+        409: "an id is taken, or repeated within the batch; or the subscription cannot be backfilled",
         413: "the body is larger than 1 MiB",
         415: "the body is not sent as JSON",
         422: "the request breaks the contract; `fields` says where",

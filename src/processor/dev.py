@@ -39,7 +39,7 @@ from processor.models import Subscription, SubscriptionFields
 from processor.ops import listen
 from processor.shutdown import abandon
 from processor.stores.base import StoreMisconfigured, StoreUnavailable
-from processor.stores.sqlite import Catalog, SqliteStore, StoreClaimed
+from processor.stores.sqlite import Catalog, SqliteRepairs, SqliteStore, StoreClaimed
 
 log = logging.getLogger("fc-dev")
 
@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     processor = Processor(store, metrics=metrics, health=health)
     worker = threading.Thread(target=processor.run, name="processor", daemon=True)
     catalog = Catalog(args.db, wakeup=store.wakeup)
-    app = create_app(catalog, metrics, health, alive=worker.is_alive)
+    repairs = SqliteRepairs(args.db)
+    app = create_app(catalog, repairs, metrics, health, alive=worker.is_alive)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     base_url = f"http://{args.host}:{args.port}"
 
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker.join(SHUTDOWN_GRACE_SECONDS)
         if worker.is_alive():
             abandon(health, SHUTDOWN_GRACE_SECONDS)
+        repairs.close()
         catalog.close()
         store.close()
         listener.close()

@@ -11,20 +11,23 @@ explanation cannot disagree with what the loop did.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
 
 from fastmatch import SEGMENT_NAMES, first_difference
 from processor.filter_index import Failed, Matched
 from processor.filters import EventFilters, PayloadCondition
 from processor.jobs import job_id
 from processor.matching import SubscriptionMatcher
-from processor.models import Event, Subscription
+from processor.models import Event, Subscription, parse_event
 from processor.predicates import Selection, Selections, labelled_conditions
-from processor.stores.base import SubscriptionChange
+from processor.stores.base import Repairs, SubscriptionChange
 
 SHOWN_VALUES = 5  # of what a filter's path selected, shown in a reason
 SHOWN_CHARACTERS = 120  # of each value shown: an event's values are as large as its producer made them
+UNSAVED_ID = "(not stored)"  # the id of an event typed to be explained, when it has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,50 @@ class Verdict:
     field: str | None = None
     reason: str | None = None
     job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Every verdict on one event, and whether the event is stored (only a
+    stored event's verdicts name the jobs it becomes)."""
+
+    event: Event
+    stored: bool
+    verdicts: list[Verdict]
+    as_of: datetime
+
+    def document(self) -> dict[str, Any]:
+        """As JSON: what the API answers and the command prints."""
+        return {
+            "event": {
+                "id": self.event.id if self.stored else None,
+                "type": self.event.type,
+                "client_id": self.event.client_id,
+                "stored": self.stored,
+            },
+            "subscriptions_as_of": self.as_of.isoformat(),
+            "matches": sum(verdict.matches for verdict in self.verdicts),
+            "verdicts": [asdict(verdict) for verdict in self.verdicts],
+        }
+
+
+def explain_stored(repairs: Repairs, event_id: str) -> Explanation:
+    """The verdicts on the stored event ``event_id``: ``LookupError`` when there
+    is none, ``InvalidEvent`` when it breaks the contract (it is a dead letter)."""
+    entry = repairs.event(event_id)
+    if entry is None:
+        raise LookupError(f"no event with id {event_id!r}")
+    event, as_of = entry.event(), datetime.now(UTC)
+    return Explanation(event, True, Judge(repairs.current_subscriptions()).explain(event), as_of)
+
+
+def explain_unsaved(repairs: Repairs, document: Mapping[str, Any]) -> Explanation:
+    """The verdicts on an event as it would be inserted (``time`` now when it
+    has none); ``InvalidEvent`` names the fields a store would refuse."""
+    as_of = datetime.now(UTC)
+    event = parse_event({**document, "id": document.get("id") or UNSAVED_ID}, as_of)
+    verdicts = Judge(repairs.current_subscriptions()).explain(event)
+    return Explanation(event, False, [replace(verdict, job_id=None) for verdict in verdicts], as_of)
 
 
 class Judge:

@@ -34,6 +34,11 @@ PAGE = 500  # items read, and repaired in one write, at a time
 MAX_REASONS = 20  # distinct reasons a report keeps: what is left is counted, whatever it is
 
 
+class NotBackfillable(ValueError):
+    """The subscription exists, but a backfill cannot serve it as it stands:
+    the processor skips it (invalid), or it is inactive."""
+
+
 @dataclass
 class Report:
     """What a run did: items ``examined`` (dead letters, filter failures or
@@ -49,6 +54,20 @@ class Report:
     reasons: Counter[str] = field(default_factory=Counter)
     next: str | None = None
     as_of: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def document(self) -> dict[str, Any]:
+        """The report as JSON: what the API answers and the command prints."""
+        return {
+            "examined": self.examined,
+            "created": self.created,
+            "skipped": self.skipped,
+            "resolved": self.resolved,
+            "left": self.left,
+            "reasons": dict(self.reasons.most_common()),
+            "next": self.next,
+            "subscriptions_as_of": self.as_of.isoformat(),
+            "note": "matched against the subscriptions as they stood at subscriptions_as_of",
+        }
 
     def leave(self, reason: str) -> None:
         self.left += 1
@@ -221,15 +240,17 @@ def backfill(
     """Create ``subscription_id``'s missing jobs for the stored events, from the
     first inserted at ``since`` (or after the position ``after``, or from the
     start), as the subscription stands now. Invalid events are left (they are
-    dead letters already); a filter that fails is recorded, as the loop does."""
+    dead letters already); a filter that fails is recorded, as the loop does.
+    ``LookupError`` for an unknown subscription, ``NotBackfillable`` for one
+    it cannot serve, ``ValueError`` for an ``after`` that is no position."""
     run = _Run(repairs, limits or Limits())
     held = run.judge.held.get(subscription_id)
     if held is None:
         raise LookupError(f"no subscription with id {subscription_id!r}")
     if isinstance(held, Unreadable):
-        raise ValueError(f"subscription {subscription_id!r} is skipped by the processor: {held.reason}")
+        raise NotBackfillable(f"subscription {subscription_id!r} is skipped by the processor: {held.reason}")
     if not held.active:
-        raise ValueError(f"subscription {subscription_id!r} is inactive: activate it first")
+        raise NotBackfillable(f"subscription {subscription_id!r} is inactive: activate it first")
     only = run.judge.only(subscription_id)
     for page in run.pages(lambda cursor: repairs.events(cursor, since, PAGE), lambda e: e.position, after):
         jobs: list[DispatchJob] = []

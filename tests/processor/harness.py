@@ -21,7 +21,7 @@ from processor.api import create_app
 from processor.health import Health
 from processor.loop import Processor, Settings
 from processor.metrics import Metrics
-from processor.stores.base import Store
+from processor.stores.base import Repairs, Store
 from processor.stores.sqlite import Catalog, connect
 
 FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
@@ -71,10 +71,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(catalog: Catalog) -> Iterator[httpx.Client]:
+def serving(catalog: Catalog, repairs: Repairs) -> Iterator[httpx.Client]:
     """The API on a free port, until the block ends; a client that opens a
     connection per request, since the server may close one after a refusal."""
-    app = create_app(catalog, Metrics(), Health(), alive=lambda: True)
+    app = create_app(catalog, repairs, Metrics(), Health(), alive=lambda: True)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

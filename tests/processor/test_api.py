@@ -569,3 +569,126 @@ def test_fc_dev_says_serving_once_a_client_can_connect(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, output.read_text()
+
+
+def test_explain_says_which_subscriptions_match_a_stored_event_and_why_the_others_do_not(
+    fc_dev: FcDev,
+) -> None:
+    big = fc_dev.subscribe(PAYMENT, filters={"payload": [{"path": "$.amount", "op": "gte", "value": 100}]})
+    every = fc_dev.subscribe("payments:*:*:*")
+    paused = fc_dev.subscribe("*:*:*:*", active=False)
+    orders = fc_dev.subscribe("orders:*:*:*")
+    fc_dev.subscribe("*:*:*:*", client_id="warehouse")
+    fc_dev.publish(event("small", PAYMENT, data={"amount": 20}))
+    fc_dev.wait_processed(1)
+
+    response = fc_dev.http.post("/api/explain", json={"event_id": "small"})
+    assert response.status_code == 200, response.text
+    explanation = response.json()
+    assert explanation["event"] == {"id": "small", "type": PAYMENT, "client_id": SHOP, "stored": True}
+    verdicts = {verdict["subscription_id"]: verdict for verdict in explanation["verdicts"]}
+    assert verdicts.keys() == {big, every, paused, orders}, "the warehouse's subscription is not the shop's"
+    assert explanation["matches"] == 1
+    (job,) = fc_dev.jobs(event_id="small")
+    assert verdicts[every]["matches"] and verdicts[every]["job_id"] == job["id"]
+    assert verdicts[big]["field"] == "filters.payload[0]" and "20" in verdicts[big]["reason"]
+    assert verdicts[paused]["field"] == "active"
+    assert verdicts[orders]["field"] == "event_type_pattern" and "'payments'" in verdicts[orders]["reason"]
+
+
+def test_explain_judges_an_event_typed_but_not_stored_and_refuses_a_request_naming_the_field(
+    fc_dev: FcDev,
+) -> None:
+    big = fc_dev.subscribe(PAYMENT, filters={"payload": [{"path": "$.amount", "op": "gte", "value": 100}]})
+    typed = {"type": PAYMENT, "client_id": SHOP, "data": {"amount": 250}}
+    explanation = fc_dev.http.post("/api/explain", json={"event": typed}).json()
+    assert explanation["event"]["stored"] is False and explanation["event"]["id"] is None
+    (verdict,) = explanation["verdicts"]
+    assert (verdict["subscription_id"], verdict["matches"], verdict["job_id"]) == (big, True, None)
+    assert fc_dev.stored_event_ids() == [], "explaining an event does not publish it"
+
+    assert_refused(fc_dev.http.post("/api/explain", json={"event_id": "nowhere"}), 404)
+    assert_refused(fc_dev.http.post("/api/explain", json={}), 422, "body")
+    assert_refused(
+        fc_dev.http.post("/api/explain", json={"event": {**typed, "type": "a:b"}}), 422, "event.type"
+    )
+
+
+def test_a_dead_letter_mended_in_the_store_is_redriven_once_into_its_job(fc_dev: FcDev) -> None:
+    subscription = fc_dev.subscribe("orders:*:*:*")
+    Publisher(fc_dev.db).publish("orders:a:b:c", None, {"n": 1}, id="no-client")
+    Publisher(fc_dev.db).publish("orders:a:b", SHOP, None, id="bad-type")
+    fc_dev.wait_processed(2)
+    with closing(sqlite3.connect(fc_dev.db)) as connection, connection:
+        connection.execute("UPDATE events SET client_id = ? WHERE id = 'no-client'", (SHOP,))
+
+    first = fc_dev.http.post("/api/redrive/dead-letters", json={})
+    assert first.status_code == 200, first.text
+    report = first.json()
+    assert (report["examined"], report["created"], report["resolved"], report["left"]) == (2, 1, 1, 1)
+    assert fc_dev.pairs() == {("no-client", subscription)}
+    ((reason, count),) = report["reasons"].items()
+    assert count == 1 and reason.startswith("still invalid: type:")
+    (letter,) = fc_dev.http.get("/api/dead-letters").json()["items"]
+    assert letter["event_id"] == "bad-type"
+
+    again = fc_dev.http.post("/api/redrive/dead-letters", json={"event_id": "bad-type"}).json()
+    assert (again["examined"], again["created"], again["left"]) == (1, 0, 1)
+    assert fc_dev.http.get("/api/stats").json()["subscriptions"][subscription]["jobs_created"] == 1
+
+
+def test_a_backfill_reads_at_most_its_limit_resumes_from_next_and_a_second_run_creates_nothing(
+    fc_dev: FcDev,
+) -> None:
+    fc_dev.publish(*(event(f"past-{n}", SHIPPED) for n in range(5)))
+    fc_dev.wait_processed(5)
+    late = fc_dev.subscribe(SHIPPED)
+
+    first = fc_dev.http.post("/api/backfill", json={"subscription_id": late, "limit": 3}).json()
+    assert (first["examined"], first["created"]) == (3, 3) and first["next"] is not None
+    assert "subscriptions as they stood" in first["note"]
+    rest = fc_dev.http.post("/api/backfill", json={"subscription_id": late, "after": first["next"]}).json()
+    assert (rest["examined"], rest["created"], rest["next"]) == (2, 2, None)
+    assert fc_dev.pairs() == {(f"past-{n}", late) for n in range(5)}
+
+    again = fc_dev.http.post("/api/backfill", json={"subscription_id": late}).json()
+    assert (again["created"], again["skipped"]) == (0, 5)
+    assert fc_dev.http.get("/api/stats").json()["subscriptions"][late]["jobs_created"] == 5
+
+    assert_refused(fc_dev.http.post("/api/backfill", json={"subscription_id": "nobody"}), 404)
+    paused = fc_dev.subscribe(SHIPPED, active=False)
+    assert_refused(
+        fc_dev.http.post("/api/backfill", json={"subscription_id": paused}), 409, "subscription_id"
+    )
+    bad_cursor = {"subscription_id": late, "after": "not-a-position"}
+    assert_refused(fc_dev.http.post("/api/backfill", json=bad_cursor), 422, "after")
+
+
+def test_a_filter_failure_is_retried_once_its_filter_is_fixed(fc_dev: FcDev) -> None:
+    deep_filter = fc_dev.subscribe("orders:*:*:*", filters={"payload": ["$..x"]})
+    deep: dict[str, Any] = {"x": 1}
+    for _ in range(150):
+        deep = {"a": deep}
+    fc_dev.publish(event("deep", SHIPPED, data=deep))
+    fc_dev.wait_processed(1)
+    still = fc_dev.http.post("/api/redrive/filter-failures", json={"subscription_id": deep_filter}).json()
+    assert (still["examined"], still["resolved"], still["left"]) == (1, 0, 1)
+
+    patched = {"filters": {"payload": ["$.a"]}}
+    assert fc_dev.http.patch(f"/api/subscriptions/{deep_filter}", json=patched).status_code == 200
+    fixed = fc_dev.http.post("/api/redrive/filter-failures", json={}).json()
+    assert (fixed["examined"], fixed["created"], fixed["resolved"]) == (1, 1, 1)
+    assert fc_dev.pairs() == {("deep", deep_filter)}
+    assert fc_dev.http.get("/api/filter-failures").json()["items"] == []
+
+
+def test_recent_events_come_newest_first_with_the_jobs_each_became(fc_dev: FcDev) -> None:
+    subscription = fc_dev.subscribe(SHIPPED)
+    fc_dev.publish(event("one", SHIPPED), event("two", PAYMENT), event("three", SHIPPED))
+    fc_dev.wait_processed(3)
+    first = fc_dev.http.get("/api/events", params={"limit": 2}).json()
+    assert [item["id"] for item in first["items"]] == ["three", "two"]
+    assert [job["subscription_id"] for job in first["items"][0]["jobs"]] == [subscription]
+    assert first["items"][1]["jobs"] == [] and first["items"][1]["jobs_total"] == 0
+    older = fc_dev.http.get("/api/events", params={"before": first["next"]}).json()
+    assert [item["id"] for item in older["items"]] == ["one"] and older["next"] is None

@@ -24,7 +24,7 @@ from processor.jobs import create_jobs
 from processor.matching import SubscriptionMatcher
 from processor.models import Event, Subscription, SubscriptionFields
 from processor.stores.base import ProcessedBatch, SubscriptionChange
-from processor.stores.sqlite import Catalog, SqliteStore
+from processor.stores.sqlite import Catalog, SqliteRepairs, SqliteStore
 from processor.targets import TargetPolicy
 from tests.processor.harness import assert_refused, serving
 
@@ -48,7 +48,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def api(db: Path) -> Iterator[httpx.Client]:
     catalog = Catalog(db)
-    with serving(catalog) as http:
+    with closing(SqliteRepairs(db)) as repairs, serving(catalog, repairs) as http:
         yield http
     catalog.close()
 
@@ -178,7 +178,7 @@ def test_an_unexpected_error_is_a_500_in_the_error_shape_whose_id_is_in_the_log(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     catalog = Catalog(db)
-    with serving(catalog) as http:
+    with closing(SqliteRepairs(db)) as repairs, serving(catalog, repairs) as http:
         catalog.close()  # every call now raises sqlite3.ProgrammingError, which no route expects
         with caplog.at_level(logging.ERROR, logger="processor.http_errors"):
             response = http.get("/api/subscriptions")

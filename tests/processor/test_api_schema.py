@@ -10,6 +10,7 @@ machine and a failure is one that the code, not the draw, has."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 
-from processor.stores.sqlite import Catalog, SqliteStore
+from processor.stores.sqlite import Catalog, SqliteRepairs, SqliteStore
 from tests.processor.harness import serving
 
 EXAMPLES = 100  # per operation
@@ -29,7 +30,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     db: Path = tmp_path_factory.mktemp("schema") / "api.db"
     SqliteStore(db).close()
     catalog = Catalog(db)
-    with serving(catalog) as http:
+    with closing(SqliteRepairs(db)) as repairs, serving(catalog, repairs) as http:
         yield schemathesis.openapi.from_url(str(http.base_url.join("/openapi.json")))
     catalog.close()
 

@@ -50,6 +50,8 @@ NOT_STORED = object()  # a filter's value: the column IS NULL (spelled out, so t
 LOOKUP_CHUNK = 500  # ids a lookup binds at once (SQLite allows 32,766 parameters)
 PAGE_BYTES = 4 * 1024 * 1024  # a page ends once its rows hold this much text (UTF-8), whatever its limit
 JSON_TEXT_COLUMNS = (*JSON_COLUMNS, "filters")
+RECENT_EVENT_COLUMNS = ("id", "type", "client_id", "source", "time", "received_at")
+JOBS_SHOWN = 100  # of one event's jobs in a list of events: a client may have thousands of subscriptions
 INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 )
@@ -171,6 +173,41 @@ class Catalog:
             deleted = connection.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,))
         return deleted.rowcount > 0
 
+    def recent_events(self, *, before: int | None = None, limit: int) -> Page:
+        """The newest events first, before the cursor, each with the first
+        ``JOBS_SHOWN`` jobs made of it so far and how many there are; bounded by
+        ``PAGE_BYTES`` as ``_page`` is, since a row written around the API may
+        hold any text. ``next`` is the cursor of older events (pass as ``before``)."""
+        items: list[dict[str, Any]] = []
+        size, more = 0, False
+        with self._session(write=False) as connection:
+            rows = connection.execute(
+                f"SELECT seq, {', '.join(RECENT_EVENT_COLUMNS)} FROM events WHERE seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (before or 2**63 - 1, limit + 1),
+            )
+            for row in rows:
+                if len(items) == limit or (items and size > PAGE_BYTES):
+                    more = True
+                    break
+                event = {column: _text(row[column]) for column in RECENT_EVENT_COLUMNS}
+                items.append({"position": row["seq"], **event, **self._jobs_of(connection, row["seq"])})
+                size += sum(len(value.encode()) for value in event.values() if value is not None)
+        return Page(items=items, next=items[-1]["position"] if more else None)
+
+    @staticmethod
+    def _jobs_of(connection: sqlite3.Connection, seq: int) -> dict[str, Any]:
+        jobs = connection.execute(
+            "SELECT id, subscription_id, status FROM dispatch_jobs WHERE event_seq = ? ORDER BY seq LIMIT ?",
+            (seq, JOBS_SHOWN),
+        ).fetchall()
+        total = len(jobs)
+        if total == JOBS_SHOWN:
+            (total,) = connection.execute(
+                "SELECT count(*) FROM dispatch_jobs WHERE event_seq = ?", (seq,)
+            ).fetchone()
+        return {"jobs": [dict(job) for job in jobs], "jobs_total": total}
+
     # What the processor wrote
 
     def dispatch_jobs(
@@ -280,6 +317,15 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+def _text(value: object) -> str | None:
+    """A column as JSON text: a row written around the API may hold a number or bytes."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
 
 
 def generated_id() -> str:
