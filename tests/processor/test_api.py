@@ -692,3 +692,24 @@ def test_recent_events_come_newest_first_with_the_jobs_each_became(fc_dev: FcDev
     assert first["items"][1]["jobs"] == [] and first["items"][1]["jobs_total"] == 0
     older = fc_dev.http.get("/api/events", params={"before": first["next"]}).json()
     assert [item["id"] for item in older["items"]] == ["one"] and older["next"] is None
+
+
+def test_recent_events_stop_by_bytes_whatever_a_row_written_around_the_api_holds(fc_dev: FcDev) -> None:
+    with closing(sqlite3.connect(fc_dev.db)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO events (id, type, client_id) VALUES (?, ?, ?)",
+            [(f"big-{n}", "t" * 1_500_000, n) for n in range(12)],  # a client_id stored as a number
+        )
+    pages, before = [], None
+    while True:
+        response = fc_dev.http.get(
+            "/api/events", params={"limit": 1000, **({"before": before} if before else {})}
+        )
+        assert response.status_code == 200, response.text
+        pages.append(response.json()["items"])
+        before = response.json()["next"]
+        if before is None:
+            break
+    assert len(pages) > 3 and all(len(page) <= 3 for page in pages)
+    assert [event["id"] for page in pages for event in page] == [f"big-{n}" for n in reversed(range(12))]
+    assert {event["client_id"] for page in pages for event in page} == {str(n) for n in range(12)}

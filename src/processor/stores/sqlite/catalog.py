@@ -191,8 +191,10 @@ class Catalog:
                     more = True
                     break
                 event = {column: _text(row[column]) for column in RECENT_EVENT_COLUMNS}
-                items.append({"position": row["seq"], **event, **self._jobs_of(connection, row["seq"])})
-                size += sum(len(value.encode()) for value in event.values() if value is not None)
+                jobs = self._jobs_of(connection, row["seq"])
+                items.append({"position": row["seq"], **event, **jobs})
+                texts = [*event.values(), *(value for job in jobs["jobs"] for value in job.values())]
+                size += sum(len(value.encode()) for value in texts if isinstance(value, str))
         return Page(items=items, next=items[-1]["position"] if more else None)
 
     @staticmethod
