@@ -32,6 +32,7 @@ from processor.config import (
     in_existing_directory,
     load_settings,
 )
+from processor.explain import explain_stored
 from processor.health import Health, Watchdog
 from processor.loop import Processor
 from processor.metrics import Metrics
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.start()
     if args.demo:
         threading.Thread(
-            target=run_demo, args=(catalog, health, server, base_url), name="demo", daemon=True
+            target=run_demo, args=(catalog, repairs, health, server, base_url), name="demo", daemon=True
         ).start()
     # The socket listens already: a client that connects from here on is served.
     log.info("serving %s (API docs at %s/docs), store %s", base_url, base_url, args.db)
@@ -193,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         listener.close()
 
 
-def run_demo(catalog: Catalog, health: Health, server: uvicorn.Server, base_url: str) -> None:
+def run_demo(
+    catalog: Catalog, repairs: SqliteRepairs, health: Health, server: uvicorn.Server, base_url: str
+) -> None:
     """Subscriptions and events through the same calls as the API, then a guide."""
     # On a first start the processor begins at the current end of the feed: wait
     # until it is there, or it would skip the demo's events.
@@ -211,10 +214,17 @@ def run_demo(catalog: Catalog, health: Health, server: uvicorn.Server, base_url:
         jobs = catalog.dispatch_jobs(event_id=event_id, limit=MAX_PAGE_SIZE).items
         matched = ", ".join(repr(names.get(job["subscription_id"], job["subscription_id"])) for job in jobs)
         lines.append(f"  {event.type} ({event.client_id}) -> {matched or 'no subscription matched'}")
+        # Why the subscriptions whose pattern takes the event did not: what explain tells.
+        for verdict in explain_stored(repairs, event_id).verdicts:
+            if not verdict.matches and verdict.field != "event_type_pattern":
+                lines.append(f"      not {verdict.name!r}: {verdict.field}: {verdict.reason}")
     lines += [
         "",
         "Look around:",
         *(f"  curl -s '{base_url}{path}'" for path in DEMO_PATHS),
+        "Ask why an event did or did not reach each subscription:",
+        f"  curl -s -X POST '{base_url}/api/explain' -H 'content-type: application/json' \\",
+        f"""    -d '{{"event_id": "{ids[2]}"}}'""",
         "Publish an event and see its jobs:",
         f"  curl -s -X POST '{base_url}/api/events' -H 'content-type: application/json' \\",
         """    -d '{"type": "orders:checkout:order:placed", "client_id": "demo-shop"}'""",
