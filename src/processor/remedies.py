@@ -191,6 +191,7 @@ def retry_filter_failures(
         jobs: list[DispatchJob] = []
         resolved: list[str] = []
         verdicts: dict[str, _Verdicts] = {}
+        orders: dict[str, int] = {}
         for stored in page:
             failure = stored.failure
             if (subscription_id is not None and failure.subscription_id != subscription_id) or (
@@ -199,7 +200,10 @@ def retry_filter_failures(
                 continue
             run.report.examined += 1
             if failure.event_id not in verdicts:  # an event's pairs are judged at once
-                verdicts[failure.event_id] = _judged(run.judge, repairs.event(failure.event_id))
+                entry = repairs.event(failure.event_id)
+                verdicts[failure.event_id] = _judged(run.judge, entry)
+                if entry is not None:
+                    orders[failure.event_id] = entry.order
             event, wanted, failing = verdicts[failure.event_id]
             if event is None:
                 run.report.leave("its event is no longer stored, or is invalid now")
@@ -210,7 +214,7 @@ def retry_filter_failures(
                 matched = wanted.get(failure.subscription_id)
                 jobs += create_jobs(event, [matched] if matched else [], run.now)
                 resolved.append(stored.key)
-        run.write(Repair(jobs, failures=resolved), resolved=len(resolved))
+        run.write(Repair(jobs, failures=resolved, orders=orders), resolved=len(resolved))
     return run.report
 
 

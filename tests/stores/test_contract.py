@@ -761,3 +761,5 @@ def test_retrying_filter_failures_once_the_filter_is_fixed_makes_the_jobs_due_an
     assert jobs(backend) == {(event, "costly")}
     assert backend.filter_failures() == []
     assert retry_filter_failures(backend.repairs()).examined == 0
+    after = backfill(backend.repairs(), "costly")
+    assert (after.created, after.skipped) == (0, 1), "the retried job is the pair's one job"
