@@ -46,6 +46,7 @@ from processor.models import (
     UtcTime,
 )
 from processor.ops import add_ops_routes
+from processor.page import add_page
 from processor.remedies import Limits
 from processor.stores.base import Repairs
 from processor.stores.sqlite import Catalog, EventExists, Page, subscription_document
@@ -418,6 +419,7 @@ def create_app(
         return catalog.stats()
 
     add_operator_routes(app, repairs)
+    add_page(app, catalog)
     app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
 

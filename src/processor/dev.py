@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             target=run_demo, args=(catalog, repairs, health, server, base_url), name="demo", daemon=True
         ).start()
     # The socket listens already: a client that connects from here on is served.
-    log.info("serving %s (API docs at %s/docs), store %s", base_url, base_url, args.db)
+    log.info(
+        "serving %s (its page at %s/, API docs at %s/docs), store %s", base_url, base_url, base_url, args.db
+    )
     try:
         with Watchdog(health):
             server.run(sockets=[listener])
@@ -228,7 +230,7 @@ def run_demo(
         "Publish an event and see its jobs:",
         f"  curl -s -X POST '{base_url}/api/events' -H 'content-type: application/json' \\",
         """    -d '{"type": "orders:checkout:order:placed", "client_id": "demo-shop"}'""",
-        f"API documentation: {base_url}/docs    Stop: Ctrl+C",
+        f"See it all on one page: {base_url}/    API documentation: {base_url}/docs    Stop: Ctrl+C",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -15,14 +15,15 @@ import signal
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 import redis
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from processor import targets
 from processor.config import Config, ConfigError, redact
@@ -194,28 +195,22 @@ def open_store(
     epoch counter, when it lives on the token mirror's Redis."""
     if config.embedded_path is not None:
         try:
-            embedded = SqliteStore(
-                config.embedded_path,
-                resume_key=config.stream_resume_token_key,
-                max_event_bytes=config.stream_max_event_bytes,
-                exclusive=not config.standby_enabled,
-            )
+            with opening_store_file(config.embedded_path):
+                embedded = SqliteStore(
+                    config.embedded_path,
+                    resume_key=config.stream_resume_token_key,
+                    max_event_bytes=config.stream_max_event_bytes,
+                    exclusive=not config.standby_enabled,
+                )
         except StoreClaimed as error:
             raise ConfigError(
                 f"FC_MONGO_URL: {error}: stop it, or run both with FC_STANDBY_ENABLED=true so that one "
                 "stands by (two would each count every event into the store's projections, whatever "
                 "their resume keys)"
             ) from None
-        except (sqlite3.Error, StoreMisconfigured, StoreUnavailable) as error:
-            raise ConfigError(
-                f"FC_MONGO_URL: cannot open the store file {config.embedded_path!r}: {error}"
-            ) from None
         return embedded, None
     driver = DriverEvents(resumed=metrics.driver_resumes.inc, elected=metrics.primary_changes.inc)
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        config.mongo_url, tz_aware=True, connect=False, event_listeners=[driver]
-    )
-    database = client[config.mongo_db]
+    database = mongo_database(config, [driver])
     tokens: TokenStore
     if config.redis_url is None:
         tokens = MemoryTokenStore()
@@ -239,3 +234,23 @@ def open_store(
     # Before the first batch: refuse a deployment the processor cannot serve, and
     # create the collections and indexes that are missing.
     return store, lambda: prepare(database)
+
+
+@contextmanager
+def opening_store_file(path: str) -> Iterator[None]:
+    """What goes wrong opening the embedded store's file, as the ``ConfigError``
+    naming FC_MONGO_URL; ``StoreClaimed`` passes, for its caller to say what to do."""
+    try:
+        yield
+    except StoreClaimed:
+        raise
+    except (sqlite3.Error, StoreMisconfigured, StoreUnavailable) as error:
+        raise ConfigError(f"FC_MONGO_URL: cannot open the store file {path!r}: {error}") from None
+
+
+def mongo_database(config: Config, listeners: Sequence[DriverEvents] = ()) -> Database[dict[str, Any]]:
+    """The database FC_MONGO_URL and FC_MONGO_DB name, on a client that connects at its first use."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        config.mongo_url, tz_aware=True, connect=False, event_listeners=list(listeners)
+    )
+    return client[config.mongo_db]

@@ -25,6 +25,13 @@ from processor.stores.base import Repairs, Store
 from processor.stores.sqlite import Catalog, connect
 
 FAST = Settings(batch_size=50, max_wait=0.05, backoff_initial=0.01, backoff_max=0.2)
+EXECUTABLE = Path(sys.executable).parent / "fc-stream-processor"
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any FC_ variable or RUST_LOG, plus ``variables``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FC_") and k != "RUST_LOG"}
+    return {**clean, **variables}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
@@ -192,7 +199,7 @@ class Running:
 def spawn_processor(db: Path, log: Path, **environment: str) -> Iterator[subprocess.Popen[bytes]]:
     """``fc-stream-processor`` as operators run it, on the embedded store; killed
     at the end if it is still running."""
-    command = [str(Path(sys.executable).parent / "fc-stream-processor")]
+    command = [str(EXECUTABLE)]
     env = {**os.environ, "FC_MONGO_URL": f"sqlite://{db}", "FC_METRICS_PORT": "0", **environment}
     with log.open("ab") as output:
         child = subprocess.Popen(command, env=env, stdout=output, stderr=output)

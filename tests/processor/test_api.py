@@ -513,6 +513,7 @@ def test_the_demo_shows_jobs_and_says_where_to_look(tmp_path: Path) -> None:
         for path in ("/api/dispatch-jobs", "/api/stats", "/api/dead-letters", "/api/explain", "/health"):
             assert f"{dev.http.base_url.join(path)}" in guide
         assert "not 'charges of 100 or more': filters.payload[0]: $.amount gte 100 fails" in guide
+        assert f"See it all on one page: {dev.http.base_url.join('/')}" in guide
         jobs = dev.jobs()
         assert jobs
         active = {s["id"] for s in dev.http.get("/api/subscriptions").json()["items"] if s["active"]}

@@ -4,26 +4,16 @@ cannot be reached."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from processor.config import Config, redact
-from tests.processor.harness import refusal, wait_until
-
-EXECUTABLE = Path(sys.executable).parent / "fc-stream-processor"
-
-
-def environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any FC_ variable or RUST_LOG, plus ``variables``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FC_") and k != "RUST_LOG"}
-    return {**clean, **variables}
+from tests.processor.harness import EXECUTABLE, environment, refusal, wait_until
 
 
 def run(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
