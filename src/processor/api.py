@@ -20,7 +20,16 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from processor import api_documents as documents
@@ -142,18 +151,31 @@ class ExplainRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one(self) -> ExplainRequest:
-        if (self.event_id is None) == (self.event is None):
-            raise ValueError("give either event_id (a stored event) or event (one typed), not both")
+        if self.event_id is None and self.event is None:
+            raise ValueError("give event_id (a stored event) or event (one typed)")
+        if self.event_id is not None and self.event is not None:
+            raise ValueError("give event_id (a stored event) or event (one typed), not both")
         return self
 
 
 # fc-dev's store is SQLite, whose positions and keys are whole numbers.
 Cursor = Annotated[str, Field(pattern=r"^[0-9]{1,18}$", description="the `next` of an earlier run")]
+
+
+def json_number(value: object) -> object:
+    """A body's number as JSON has it: ``"5"`` or ``true`` is a mistake to name,
+    where pydantic would take them (``5.0`` is a whole number, as JSON Schema says)."""
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a JSON number, not {json.dumps(value)}")
+    return value
+
+
 Items = Annotated[
     int,
     Field(
         ge=1, le=MAX_REPAIR_ITEMS, description="items this request reads at most; `next` resumes after them"
     ),
+    BeforeValidator(json_number),  # after the bounds: so that the schema keeps them
 ]
 
 

@@ -207,11 +207,13 @@ def moment(text: str) -> datetime:
     """An ISO 8601 time; one without an offset is UTC, as the store's times are."""
     try:
         parsed = datetime.fromisoformat(text)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO 8601 time (2024-05-01, 2024-05-01T12:00:00Z, 2024-05-01T14:00+02:00)"
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is, in UTC, out of the years 1 to 9999") from None
 
 
 def positive(text: str) -> int:
@@ -224,7 +226,18 @@ def positive(text: str) -> int:
 def given(args: argparse.Namespace, *names: str) -> list[str]:
     """The options ``names`` as they were given (by their dest), for the line that resumes a run."""
     values = [(name, getattr(args, name)) for name in names]
-    return [part for name, value in values if value is not None for part in (flag(name), str(value))]
+    return [
+        part
+        for name, value in values
+        if value is not None
+        for part in (flag(name), value.isoformat() if isinstance(value, datetime) else str(value))
+    ]
+
+
+def starting(args: argparse.Namespace, after: str | None, *names: str) -> list[str]:
+    """Where a resumed run starts: after ``after``, or (None: the run read no
+    page) where this one started, by the options ``names``."""
+    return ["--after", after] if after is not None else given(args, *names)
 
 
 def flag(dest: str) -> str:
@@ -239,7 +252,12 @@ def redrive_dead_letters(config: Config, args: argparse.Namespace) -> int:
             repairs, reason=args.reason, event_id=args.event_id, after=args.after, limits=limits
         ),
         limit=args.limit,
-        resume=["redrive", "dead-letters", *given(args, "reason", "event_id", "limit")],
+        resume=lambda after: [
+            "redrive",
+            "dead-letters",
+            *given(args, "reason", "event_id", "limit"),
+            *starting(args, after, "after"),
+        ],
         as_json=args.json,
     )
 
@@ -256,7 +274,12 @@ def retry_filter_failures(config: Config, args: argparse.Namespace) -> int:
             limits=limits,
         ),
         limit=args.limit,
-        resume=["redrive", "filter-failures", *given(args, "subscription_id", "event_id", "limit")],
+        resume=lambda after: [
+            "redrive",
+            "filter-failures",
+            *given(args, "subscription_id", "event_id", "limit"),
+            *starting(args, after, "after"),
+        ],
         as_json=args.json,
     )
 
@@ -267,7 +290,7 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
             return remedies.backfill(
                 repairs, args.subscription_id, since=args.since, after=args.after, limits=limits
             )
-        except (LookupError, ValueError) as error:  # the cursor was checked: the subscription's
+        except (LookupError, remedies.NotBackfillable) as error:
             raise Refused(f"SUBSCRIPTION_ID: {error}") from None
 
     return run_remedy(
@@ -275,6 +298,13 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         check=lambda repairs: repairs.events(args.after, None, 1),
         remedy=run,
         limit=args.limit,
-        resume=["backfill", args.subscription_id, *given(args, "limit")],
+        # "--" before the id: one that starts with "-" is no option.
+        resume=lambda after: [
+            "backfill",
+            *given(args, "limit"),
+            *starting(args, after, "since", "after"),
+            "--",
+            args.subscription_id,
+        ],
         as_json=args.json,
     )

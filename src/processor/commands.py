@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from processor.config import Config, ConfigError, redact
 from processor.explain import Explanation, explain_stored, explain_unsaved
+from processor.http_errors import MAX_BODY_BYTES
 from processor.models import InvalidEvent
 from processor.remedies import Limits, Report
 from processor.runner import mongo_database, opening_store_file
@@ -114,24 +115,34 @@ def explain(config: Config, *, event_id: str | None, event: str | None, as_json:
 
 
 def event_document(given: str) -> dict[str, Any]:
-    """The JSON object ``--event`` gives: inline, ``-`` read from stdin, ``@FILE`` read from FILE."""
+    """The JSON object ``--event`` gives: inline, ``-`` read from stdin, ``@FILE``
+    read from FILE; at most as large as fc-dev's API takes, and JSON as it
+    takes it (no ``NaN`` or ``Infinity``)."""
     if given == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.buffer.read(MAX_BODY_BYTES + 1)
     elif given.startswith("@"):
         try:
-            text = Path(given[1:]).read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            problem = error.strerror if isinstance(error, OSError) else error
-            raise Refused(f"--event: cannot read {given[1:]!r}: {problem}") from None
+            with Path(given[1:]).open("rb") as file:
+                text = file.read(MAX_BODY_BYTES + 1)
+        except OSError as error:
+            raise Refused(f"--event: cannot read {given[1:]!r}: {error.strerror}") from None
     else:
-        text = given
+        text = given.encode(errors="surrogateescape")
+    if len(text) > MAX_BODY_BYTES:
+        raise Refused(f"--event: is larger than {MAX_BODY_BYTES} bytes")
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
+        document = json.loads(text, parse_constant=_not_a_number)
+    except RecursionError:
+        raise Refused("--event: nests arrays and objects too deep") from None
+    except ValueError as error:  # not JSON, not UTF-8, or a number too long to read
         raise Refused(f"--event: not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise Refused(f"--event: must be a JSON object, not {type(document).__name__}")
     return document
+
+
+def _not_a_number(constant: str) -> object:
+    raise ValueError(f"{constant} is no JSON number")
 
 
 def table(explanation: Explanation) -> str:
@@ -169,14 +180,15 @@ def run_remedy(
     check: Callable[[Repairs], object],
     remedy: Callable[[Repairs, Limits], Report],
     limit: int | None,
-    resume: Sequence[str],
+    resume: Callable[[str | None], list[str]],
     as_json: bool,
 ) -> int:
     """Run ``remedy`` on the store, its progress shown and SIGINT or SIGTERM its
     stop, then print its report. ``check``: a first read at the ``--after``
     given, so that a cursor the store cannot read is refused before the run,
-    and told from its refusals; ``resume``: the arguments of this command but
-    the cursor, for the line that goes on."""
+    and told from its refusals; ``resume``: this command's arguments for the
+    line that goes on, from the ``next`` it is given (None: from where this
+    run started)."""
     stop = threading.Event()
     with open_repairs(config) as repairs:
         try:
@@ -198,8 +210,8 @@ def run_remedy(
     if as_json:
         print(json.dumps(report.document(), indent=2))
     else:
-        after = [] if report.next is None else ["--after", report.next]
-        command = shlex.join([PROGRAM, *resume, *after]) if after or stopped_by else None
+        go_on = report.next is not None or stopped_by is not None
+        command = shlex.join([PROGRAM, *resume(report.next)]) if go_on else None
         print(summary(report, command, stopped_by))
     return DONE if stopped_by is None else 128 + stopped_by
 

@@ -88,7 +88,7 @@ def explain_stored(repairs: Repairs, event_id: str) -> Explanation:
     if entry is None:
         raise LookupError(f"no event with id {event_id!r}")
     event, as_of = entry.event(), datetime.now(UTC)
-    return Explanation(event, True, Judge(repairs.current_subscriptions()).explain(event), as_of)
+    return Explanation(event, True, _client_judge(repairs, event).explain(event), as_of)
 
 
 def explain_unsaved(repairs: Repairs, document: Mapping[str, Any]) -> Explanation:
@@ -96,8 +96,15 @@ def explain_unsaved(repairs: Repairs, document: Mapping[str, Any]) -> Explanatio
     has none); ``InvalidEvent`` names the fields a store would refuse."""
     as_of = datetime.now(UTC)
     event = parse_event({**document, "id": document.get("id") or UNSAVED_ID}, as_of)
-    verdicts = Judge(repairs.current_subscriptions()).explain(event)
+    verdicts = _client_judge(repairs, event).explain(event)
     return Explanation(event, False, [replace(verdict, job_id=None) for verdict in verdicts], as_of)
+
+
+def _client_judge(repairs: Repairs, event: Event) -> Judge:
+    """A judge of the event's client's subscriptions alone: compiling every
+    client's would cost a request time in proportion to all of them."""
+    changes = repairs.current_subscriptions()
+    return Judge(c for c in changes if (c.document or {}).get("client_id") == event.client_id)
 
 
 class Judge:
@@ -138,13 +145,16 @@ class Judge:
             if held.client_id != event.client_id:
                 continue
             if isinstance(held, Unreadable):
-                verdicts.append(Verdict(held.id, held.name, False, "subscription", f"skipped: {held.reason}"))
+                verdicts.append(
+                    Verdict(held.id, held.name, False, "subscription", readable(f"skipped: {held.reason}"))
+                )
             elif held.id in wanted:
                 verdicts.append(Verdict(held.id, held.name, True, job_id=job_id(event.id, held.id)))
             elif held.id in failures:
                 field = _failing_field(held, selections) or "filters"
-                reason = f"could not be evaluated on the event ({type(failures[held.id]).__name__}: "
-                verdicts.append(Verdict(held.id, held.name, False, field, f"{reason}{failures[held.id]})"))
+                error = failures[held.id]
+                reason = f"could not be evaluated on the event ({type(error).__name__}: {error})"
+                verdicts.append(Verdict(held.id, held.name, False, field, readable(reason)))
             else:
                 verdicts.append(Verdict(held.id, held.name, False, *_refusal(held, event, selections)))
         return verdicts
@@ -226,5 +236,11 @@ def _values(values: Sequence[object]) -> str:
 
 
 def _shown(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=repr)
+    text = readable(json.dumps(value, ensure_ascii=False, default=repr))
     return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 1] + "…"
+
+
+def readable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: an event may hold a lone surrogate escape
+    (JSON allows ``"\ud800"``), which no response or terminal can encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from processor.explain import Judge, Unreadable
+from processor.explain import Judge, Unreadable, readable
 from processor.jobs import create_jobs
 from processor.loop import MAX_REASON
 from processor.models import DispatchJob, Event, FilterFailure, InvalidEvent, Subscription
@@ -70,6 +70,7 @@ class Report:
         }
 
     def leave(self, reason: str) -> None:
+        reason = readable(reason)
         self.left += 1
         if reason in self.reasons or len(self.reasons) < MAX_REASONS:
             self.reasons[reason] += 1
@@ -243,8 +244,9 @@ def backfill(
 ) -> Report:
     """Create ``subscription_id``'s missing jobs for the stored events, from the
     first inserted at ``since`` (or after the position ``after``, or from the
-    start), as the subscription stands now. Invalid events are left (they are
-    dead letters already); a filter that fails is recorded, as the loop does.
+    start), as the subscription stands now. Only its client's events are
+    ``examined``; its invalid ones are left (they are dead letters already); a
+    filter that fails is recorded, as the loop does.
     ``LookupError`` for an unknown subscription, ``NotBackfillable`` for one
     it cannot serve, ``ValueError`` for an ``after`` that is no position."""
     run = _Run(repairs, limits or Limits())
@@ -261,13 +263,13 @@ def backfill(
         failures: list[FilterFailure] = []
         orders: dict[str, int] = {}
         for entry in page:
+            if (entry.document or {}).get("client_id", held.client_id) != held.client_id:
+                continue  # another client's event, valid or not: none of this backfill's business
             run.report.examined += 1
             try:
                 event = entry.event()
             except InvalidEvent:
                 run.report.leave("the event is invalid (a dead letter)")
-                continue
-            if event.client_id != held.client_id:
                 continue
             matched, failed = only.match(event)
             jobs += create_jobs(event, matched, run.now)

@@ -610,7 +610,9 @@ def test_explain_judges_an_event_typed_but_not_stored_and_refuses_a_request_nami
     assert fc_dev.stored_event_ids() == [], "explaining an event does not publish it"
 
     assert_refused(fc_dev.http.post("/api/explain", json={"event_id": "nowhere"}), 404)
-    assert_refused(fc_dev.http.post("/api/explain", json={}), 422, "body")
+    assert "give event_id" in assert_refused(fc_dev.http.post("/api/explain", json={}), 422, "body")["error"]
+    both = {"event_id": "x", "event": typed}
+    assert "not both" in assert_refused(fc_dev.http.post("/api/explain", json=both), 422, "body")["error"]
     assert_refused(
         fc_dev.http.post("/api/explain", json={"event": {**typed, "type": "a:b"}}), 422, "event.type"
     )
@@ -658,6 +660,9 @@ def test_a_backfill_reads_at_most_its_limit_resumes_from_next_and_a_second_run_c
     assert fc_dev.http.get("/api/stats").json()["subscriptions"][late]["jobs_created"] == 5
 
     assert_refused(fc_dev.http.post("/api/backfill", json={"subscription_id": "nobody"}), 404)
+    for limit in ("5", True, 0, 10_001):
+        given = {"subscription_id": late, "limit": limit}
+        assert_refused(fc_dev.http.post("/api/backfill", json=given), 422, "limit")
     paused = fc_dev.subscribe(SHIPPED, active=False)
     assert_refused(
         fc_dev.http.post("/api/backfill", json={"subscription_id": paused}), 409, "subscription_id"
@@ -698,6 +703,9 @@ def test_recent_events_come_newest_first_with_the_jobs_each_became(fc_dev: FcDev
 
 def test_recent_events_stop_by_bytes_whatever_a_row_written_around_the_api_holds(fc_dev: FcDev) -> None:
     with closing(sqlite3.connect(fc_dev.db)) as connection, connection:
+        connection.execute(
+            "INSERT INTO events (id, type, source) VALUES ('latin-1', 'a:b:c:d', CAST(x'ff41' AS TEXT))"
+        )
         connection.executemany(
             "INSERT INTO events (id, type, client_id) VALUES (?, ?, ?)",
             [(f"big-{n}", "t" * 1_500_000, n) for n in range(12)],  # a client_id stored as a number
@@ -713,5 +721,7 @@ def test_recent_events_stop_by_bytes_whatever_a_row_written_around_the_api_holds
         if before is None:
             break
     assert len(pages) > 3 and all(len(page) <= 3 for page in pages)
-    assert [event["id"] for page in pages for event in page] == [f"big-{n}" for n in reversed(range(12))]
-    assert {event["client_id"] for page in pages for event in page} == {str(n) for n in range(12)}
+    listed = [event for page in pages for event in page]
+    assert [event["id"] for event in listed] == [*(f"big-{n}" for n in reversed(range(12))), "latin-1"]
+    assert listed[-1]["source"] == "\ufffdA", "text that is not UTF-8, shown as far as it can be"
+    assert {event["client_id"] for event in listed[:-1]} == {str(n) for n in range(12)}

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -135,6 +136,9 @@ def test_explain_of_a_stored_invalid_event_says_so_naming_event_id(db: Path, pub
         ('{"type": ', "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
         ('{"type": "orders", "client_id": "acme"}', "type"),
+        ('{"amount": NaN}', "NaN is no JSON number"),
+        ('{"amount": ' + "9" * 5000 + "}", "not valid JSON"),
+        ("[" * 50_000 + "]" * 50_000, "too deep"),
     ],
 )
 def test_explain_of_an_event_that_is_no_valid_json_object_or_event_names_event_and_exits_1(
@@ -142,6 +146,23 @@ def test_explain_of_an_event_that_is_no_valid_json_object_or_event_names_event_a
 ) -> None:
     line = refused(command(db, "explain", "--event", given))
     assert "--event: " in line and said in line, line
+
+
+def test_an_event_on_stdin_larger_than_the_api_takes_is_refused_unread_naming_event(
+    db: Path, catalog: Catalog
+) -> None:
+    line = refused(command(db, "explain", "--event", "-", stdin='{"data": "' + "x" * (1 << 21) + '"}'))
+    assert line == f"fc-stream-processor: --event: is larger than {1 << 20} bytes", line
+
+
+def test_explain_shows_a_stored_value_holding_a_lone_surrogate_escaped(
+    db: Path, catalog: Catalog, publisher: Publisher
+) -> None:
+    subscribe(catalog, "orders", filters={"payload": [{"path": "$.amount", "op": "gte", "value": 100}]})
+    event_id = publisher.publish(PLACED, data='{"amount": "\\ud800"}')
+    done = command(db, "explain", "--event-id", event_id)
+    assert done.returncode == 0, done.stderr
+    assert 'the event\'s data has "\\ud800" there' in done.stdout, done.stdout
 
 
 def test_a_command_on_a_store_file_that_does_not_exist_names_fc_mongo_url_and_makes_none(db: Path) -> None:
@@ -188,11 +209,12 @@ def test_a_backfill_after_a_cursor_the_store_cannot_read_names_after_and_exits_1
     db: Path, catalog: Catalog
 ) -> None:
     wanted = subscribe(catalog, "orders")
-    line = refused(command(db, "backfill", wanted, "--after", "not-a-position"))
-    assert line.startswith("fc-stream-processor: --after: 'not-a-position'"), line
+    for cursor in ("not-a-position", "9" * 19):
+        line = refused(command(db, "backfill", wanted, "--after", cursor))
+        assert line.startswith(f"fc-stream-processor: --after: '{cursor}'"), line
 
 
-@pytest.mark.parametrize("since", ["garbage", "2024-13-01"])
+@pytest.mark.parametrize("since", ["garbage", "2024-13-01", "9999-12-31T23:59:59-01:00"])
 def test_a_backfill_since_no_time_names_since_and_exits_2(db: Path, since: str) -> None:
     line = refusal(
         [str(EXECUTABLE), "backfill", "s1", "--since", since], environment(FC_MONGO_URL=f"sqlite://{db}")
@@ -277,12 +299,12 @@ def test_a_backfill_stopped_by_sigint_prints_the_command_that_resumes_it_and_eac
     stopped = child.stdout.read()
     assert code == 130, (stopped, progress)
     assert "SIGINT stopped the run before the end; to resume:" in stopped
-    resume = stopped.strip().splitlines()[-1].split()
-    assert resume[:2] == ["fc-stream-processor", "backfill"] and resume[-2] == "--after", resume
+    resume = shlex.split(stopped.strip().splitlines()[-1])
+    assert resume[:3] == ["fc-stream-processor", "backfill", "--after"] and resume[-2:] == ["--", wanted]
     made = publisher.job_count()
     assert 0 < made < 5 * PAGE
 
-    rest = command(db, *resume[1:], "--json")
+    rest = command(db, resume[1], "--json", *resume[2:])
 
     assert rest.returncode == 0, rest.stderr
     report = json.loads(rest.stdout)

@@ -93,3 +93,13 @@ def test_a_stored_subscription_that_breaks_the_contract_is_explained_as_skipped(
     (verdict,) = Judge([SubscriptionChange("broken", broken, -1)]).explain(event(EVENTS[0]))
     assert not verdict.matches and verdict.field == "subscription"
     assert "event_type_pattern" in (verdict.reason or "")
+
+
+def test_a_value_holding_a_lone_surrogate_is_shown_escaped_in_text_any_response_can_carry() -> None:
+    judge = Judge(SubscriptionChange(s["id"], s, -1) for s in SUBSCRIPTIONS)
+    verdicts = {
+        v.subscription_id: v for v in judge.explain(event({**EVENTS[0], "data": {"amount": "\ud800"}}))
+    }
+    reason = verdicts["big"].reason or ""
+    assert "\\ud800" in reason
+    reason.encode("utf-8")  # strict: a surrogate would raise here

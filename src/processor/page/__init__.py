@@ -30,7 +30,8 @@ from processor.stores.sqlite import Catalog, subscription_document
 
 RECENT_EVENTS = 20
 LISTED = 50  # dead letters and filter failures a panel lists; the API pages through them all
-RAW_SHOWN = 500  # characters of a dead letter's raw document the page shows
+LISTED_SUBSCRIPTIONS = 200  # the API lists them all
+CELL_SHOWN = 300  # characters of any one value: a row written around the API may hold megabytes
 RATE_WINDOW = 10.0  # seconds of polls a rate is measured over
 # The page loads from and sends to this origin only, whatever the data it shows holds.
 SECURITY_POLICY = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -64,10 +65,12 @@ class Rates:
 
 def text(value: object) -> str:
     """A value as the page shows it: a string as it is, nothing for None, and
-    anything else as JSON (a row written around the API may hold any value)."""
+    anything else as JSON (a row written around the API may hold any value);
+    cut at ``CELL_SHOWN`` characters."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= CELL_SHOWN else shown[: CELL_SHOWN - 1] + "…"
 
 
 class Panels:
@@ -94,8 +97,10 @@ class Panels:
         return {"counts": {"events": events, "jobs": jobs, "rates": self._rates.sample(events, jobs)}}
 
     def subscriptions(self) -> dict[str, Any]:
+        listed = self._subscriptions()
         return {
-            "subscriptions": self._subscriptions(),
+            "subscriptions": listed[:LISTED_SUBSCRIPTIONS],
+            "more_subscriptions": len(listed) > LISTED_SUBSCRIPTIONS,
             "subscription_stats": self._catalog.stats()["subscriptions"],
         }
 
@@ -104,8 +109,7 @@ class Panels:
 
     def dead_letters(self) -> dict[str, Any]:
         page = self._catalog.dead_letters(limit=LISTED)
-        letters = [{**letter, "raw": text(letter["raw"])[:RAW_SHOWN]} for letter in page.items]
-        return {"dead_letters": letters, "more_dead_letters": page.next is not None}
+        return {"dead_letters": page.items, "more_dead_letters": page.next is not None}
 
     def filter_failures(self) -> dict[str, Any]:
         page = self._catalog.filter_failures(limit=LISTED)

@@ -58,6 +58,10 @@ from processor.stores.mongo.subscriptions import stored_subscription
 
 MAJORITY = ReadConcern("majority")
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # what a letter or failure without a time says
+# An ObjectId holds its time in 32 unsigned bits of seconds: a time before them
+# is before every event, and one after them after every event.
+OBJECT_ID_EPOCH = NEVER
+LAST_OBJECT_ID_TIME = datetime.fromtimestamp(2**32 - 1, UTC)
 
 
 def position(identifier: object) -> str:
@@ -113,7 +117,9 @@ class MongoRepairs:
         query: Document = {}
         if after is not None:
             query["_id"] = {"$gt": identifier(after)}
-        elif since is not None:
+        elif since is not None and since >= OBJECT_ID_EPOCH:
+            if since > LAST_OBJECT_ID_TIME:
+                return []  # no ObjectId is that late
             query["_id"] = {"$gte": ObjectId.from_datetime(since)}
         with unavailable_on_failure("read events"):
             found = list(self._events.find(query, sort=[("_id", ASCENDING)], limit=limit))

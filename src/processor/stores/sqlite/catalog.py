@@ -181,9 +181,11 @@ class Catalog:
         items: list[dict[str, Any]] = []
         size, more = 0, False
         with self._session(write=False) as connection:
+            # As bytes: a row written around the API may hold text that is not UTF-8,
+            # which would fail the whole page; ``_text`` decodes what it can.
+            selected = ", ".join(f"CAST({column} AS BLOB) AS {column}" for column in RECENT_EVENT_COLUMNS)
             rows = connection.execute(
-                f"SELECT seq, {', '.join(RECENT_EVENT_COLUMNS)} FROM events WHERE seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
+                f"SELECT seq, {selected} FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                 (before or 2**63 - 1, limit + 1),
             )
             for row in rows:

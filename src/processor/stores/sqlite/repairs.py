@@ -34,12 +34,13 @@ from processor.stores.sqlite.schema import SUBSCRIPTION_COLUMNS, connect, transa
 from processor.stores.sqlite.store import apply_delta, insert_filter_failures, insert_jobs
 
 T = TypeVar("T")
+MAX_SEQ = 2**63 - 1  # the largest integer SQLite holds
 
 
 def _seq(cursor: str | None) -> int:
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_SEQ:
         raise ValueError(f"{cursor!r} is not a position of the embedded store (a whole number)")
     return int(cursor)
 
@@ -92,8 +93,10 @@ class SqliteRepairs:
         def read(connection: sqlite3.Connection) -> list[FeedEntry]:
             first = start
             if since is not None and after is None:  # received_at has no index: looked for once
+                # None inserted since then: after the last event, so that nothing is read.
                 (found,) = connection.execute(
-                    "SELECT coalesce(min(seq) - 1, max(seq), 0) FROM events WHERE received_at >= ?",
+                    "SELECT coalesce((SELECT min(seq) - 1 FROM events WHERE received_at >= ?), "
+                    "(SELECT max(seq) FROM events), 0)",
                     (timestamp(since),),
                 ).fetchone()
                 first = found
