@@ -725,3 +725,27 @@ def test_recent_events_stop_by_bytes_whatever_a_row_written_around_the_api_holds
     assert [event["id"] for event in listed] == [*(f"big-{n}" for n in reversed(range(12))), "latin-1"]
     assert listed[-1]["source"] == "\ufffdA", "text that is not UTF-8, shown as far as it can be"
     assert {event["client_id"] for event in listed[:-1]} == {str(n) for n in range(12)}
+
+
+def test_a_subscription_whose_text_is_not_utf8_is_skipped_and_the_others_go_on(fc_dev: FcDev) -> None:
+    good = fc_dev.subscribe("orders:*:*:*")
+    with closing(sqlite3.connect(fc_dev.db)) as connection, connection:
+        connection.execute(
+            "INSERT INTO subscriptions (id, client_id, name, event_type_pattern, target, pool_code) "
+            "VALUES ('latin-1', ?, CAST(x'ff41' AS TEXT), 'orders:*:*:*', ?, 'p')",
+            (SHOP, TARGET),
+        )
+    fc_dev.publish(event("after", SHIPPED))
+    fc_dev.wait_processed(1)
+    assert fc_dev.pairs() == {("after", good)}
+
+    listed = {s["id"]: s for s in fc_dev.http.get("/api/subscriptions").json()["items"]}
+    assert listed["latin-1"]["name"] == "\ufffdA" and "name" in listed["latin-1"]["invalid"]
+    verdicts = fc_dev.http.post("/api/explain", json={"event_id": "after"}).json()["verdicts"]
+    skipped = {v["subscription_id"]: v for v in verdicts}["latin-1"]
+    assert (skipped["matches"], skipped["field"]) == (False, "subscription")
+    mended = fc_dev.http.patch("/api/subscriptions/latin-1", json={"name": "mended"})
+    assert mended.status_code == 200, mended.text
+    fc_dev.publish(event("later", SHIPPED))
+    fc_dev.wait_processed(2)
+    assert fc_dev.pairs() == {("after", good), ("later", good), ("later", "latin-1")}

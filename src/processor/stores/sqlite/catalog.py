@@ -25,7 +25,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from processor.models import Subscription, SubscriptionFields, SubscriptionPatch, describe
-from processor.stores.sqlite.rows import JOB_COLUMNS, decode_subscription_row, timestamp
+from processor.stores.sqlite.rows import (
+    JOB_COLUMNS,
+    as_text,
+    decode_subscription_row,
+    texts_as_found,
+    timestamp,
+)
 from processor.stores.sqlite.schema import (
     EVENT_COLUMNS,
     JSON_COLUMNS,
@@ -139,7 +145,7 @@ class Catalog:
         return Subscription.model_validate({**document, "id": subscription_id})
 
     def subscriptions(self, client_id: str | None = None) -> list[Subscription | InvalidSubscription]:
-        with self._session(write=False) as connection:
+        with self._session(write=False) as connection, texts_as_found(connection):
             rows = connection.execute(
                 "SELECT * FROM subscriptions WHERE ? IS NULL OR client_id = ? ORDER BY rowid",
                 (client_id, client_id),
@@ -147,7 +153,7 @@ class Catalog:
         return [_subscription(row) for row in rows]
 
     def subscription(self, subscription_id: str) -> Subscription | InvalidSubscription | None:
-        with self._session(write=False) as connection:
+        with self._session(write=False) as connection, texts_as_found(connection):
             row = _subscription_row_by_id(connection, subscription_id)
         return None if row is None else _subscription(row)
 
@@ -156,7 +162,8 @@ class Catalog:
         when it breaks the contract (nothing is written then), None when there is
         no such subscription."""
         with self._session(write=True) as connection:
-            row = _subscription_row_by_id(connection, subscription_id)
+            with texts_as_found(connection):
+                row = _subscription_row_by_id(connection, subscription_id)
             if row is None:
                 return None
             merged = Subscription.model_validate({**_stored(row), **patch.model_dump(exclude_unset=True)})
@@ -401,7 +408,7 @@ def _subscription(row: sqlite3.Row) -> Subscription | InvalidSubscription:
         return Subscription.model_validate(document)
     except ValidationError as error:
         shown = {column: _shown(value) for column, value in document.items() if column != "id"}
-        return InvalidSubscription(str(row["id"]), shown, describe(error))
+        return InvalidSubscription(as_text(row["id"]), shown, describe(error))
 
 
 def _shown(value: Any) -> Any:

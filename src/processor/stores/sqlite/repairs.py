@@ -29,7 +29,13 @@ from processor.stores.base import (
     SubscriptionChange,
 )
 from processor.stores.sqlite.feed import SqliteFeed
-from processor.stores.sqlite.rows import decode_subscription_row, parse_timestamp, timestamp
+from processor.stores.sqlite.rows import (
+    as_text,
+    decode_subscription_row,
+    parse_timestamp,
+    texts_as_found,
+    timestamp,
+)
 from processor.stores.sqlite.schema import SUBSCRIPTION_COLUMNS, connect, transaction
 from processor.stores.sqlite.store import apply_delta, insert_filter_failures, insert_jobs
 
@@ -60,12 +66,13 @@ class SqliteRepairs:
 
     def current_subscriptions(self) -> list[SubscriptionChange]:
         def read(connection: sqlite3.Connection) -> list[SubscriptionChange]:
-            rows = connection.execute(
-                f"SELECT {', '.join(SUBSCRIPTION_COLUMNS)} FROM subscriptions ORDER BY rowid"
-            )
+            with texts_as_found(connection):
+                rows = connection.execute(
+                    f"SELECT {', '.join(SUBSCRIPTION_COLUMNS)} FROM subscriptions ORDER BY rowid"
+                ).fetchall()
             return [
                 SubscriptionChange(
-                    str(row["id"]),
+                    as_text(row["id"]),
                     decode_subscription_row(dict(zip(SUBSCRIPTION_COLUMNS, row, strict=True))),
                     -1,
                 )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from contextlib import suppress
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -68,6 +70,31 @@ def job_row(job: DispatchJob, event_seq: int | None) -> tuple[Any, ...]:
 def sql_value(value: object) -> object:
     """Times as text in the one format that also sorts; the rest as it is."""
     return timestamp(value) if isinstance(value, datetime) else value
+
+
+def _utf8_or_bytes(value: bytes) -> str | bytes:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value
+
+
+def as_text(value: object) -> str:
+    """A key as text, whatever a row written around the API holds."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@contextmanager
+def texts_as_found(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Reads on ``connection`` where a text that is not UTF-8 (a row written
+    around the API) comes back as its bytes, for validation to refuse with a
+    reason, instead of failing the whole read: one bad subscription must not
+    keep the processor, or an operator, from all the others."""
+    connection.text_factory = _utf8_or_bytes
+    try:
+        yield connection
+    finally:
+        connection.text_factory = str
 
 
 def decode_subscription_row(document: dict[str, Any]) -> dict[str, Any]:

@@ -37,10 +37,12 @@ from processor.stores.sqlite.feed import FEED_COLUMNS, SqliteFeed, read_entries,
 from processor.stores.sqlite.rows import (
     INSERT_JOB,
     JOB_COLUMNS,
+    as_text,
     decode_subscription_row,
     job_from_row,
     job_row,
     sql_value,
+    texts_as_found,
     timestamp,
 )
 from processor.stores.sqlite.schema import JSON_COLUMNS, connect, transaction
@@ -177,14 +179,9 @@ class SqliteStore:
         return [SubscriptionChange(c.subscription_id, c.document, -1) for c in current] + later
 
     def _changes(self, query: str, parameter: int) -> list[SubscriptionChange]:
-        return [
-            SubscriptionChange(
-                row["subscription_id"],
-                None if row["document"] is None else decode_subscription_row(json.loads(row["document"])),
-                row["events_seq"],
-            )
-            for row in self._connection.execute(query, (parameter,))
-        ]
+        with texts_as_found(self._connection) as connection:
+            rows = connection.execute(query, (parameter,)).fetchall()
+        return [_change(row["subscription_id"], row["document"], row["events_seq"]) for row in rows]
 
     def commit(self, batch: ProcessedBatch) -> CommitReport:
         token = batch.resume_token
@@ -366,3 +363,17 @@ READ_UNCOUNTED_JOBS = (
     "ORDER BY seq"
 )
 LAST_JOB = "SELECT coalesce(max(seq), 0) FROM dispatch_jobs"
+
+
+def _change(
+    subscription_id: str | bytes, document: str | bytes | None, events_seq: int
+) -> SubscriptionChange:
+    """A logged change; a row whose text is not UTF-8 is unreadable, with why."""
+    if isinstance(subscription_id, bytes) or isinstance(document, bytes):
+        problem = "the stored row holds text that is not UTF-8"
+        return SubscriptionChange(as_text(subscription_id), None, events_seq, problem=problem)
+    return SubscriptionChange(
+        subscription_id,
+        None if document is None else decode_subscription_row(json.loads(document)),
+        events_seq,
+    )
