@@ -113,11 +113,9 @@ class Judge:
     def __init__(self, changes: Iterable[SubscriptionChange]) -> None:
         self.matcher = SubscriptionMatcher()
         self.held: dict[str, Held] = {}
-        self._changes: dict[str, SubscriptionChange] = {}
         for change in changes:
             problem = self.matcher.admit(change)
             key = change.subscription_id
-            self._changes[key] = change
             if problem is not None:
                 stored = change.document or {}
                 self.held[key] = Unreadable(
@@ -125,10 +123,6 @@ class Judge:
                 )
             elif change.document is not None:
                 self.held[key] = Subscription.model_validate(change.document)
-
-    def only(self, subscription_id: str) -> Judge:
-        """A judge of one of these subscriptions alone: a backfill's."""
-        return Judge([self._changes[subscription_id]])
 
     def match(self, event: Event) -> tuple[Matched, Failed]:
         return self.matcher.match(event)

@@ -91,12 +91,15 @@ class Limits:
 class _Run:
     """One run's pages: what it writes, and when it stops."""
 
-    def __init__(self, repairs: Repairs, limits: Limits) -> None:
+    def __init__(self, repairs: Repairs, limits: Limits, subscription_id: str | None = None) -> None:
         self.repairs = repairs
         self.limits = limits
         self.report = Report()
         self.now = self.report.as_of
-        self.judge = Judge(repairs.current_subscriptions())
+        changes = repairs.current_subscriptions()
+        if subscription_id is not None:  # a backfill's: compiling the others would be time lost
+            changes = [change for change in changes if change.subscription_id == subscription_id]
+        self.judge = Judge(changes)
 
     def pages(
         self, read: Callable[[str | None], list[Any]], key: Callable[[Any], str], after: str | None
@@ -249,7 +252,7 @@ def backfill(
     filter that fails is recorded, as the loop does.
     ``LookupError`` for an unknown subscription, ``NotBackfillable`` for one
     it cannot serve, ``ValueError`` for an ``after`` that is no position."""
-    run = _Run(repairs, limits or Limits())
+    run = _Run(repairs, limits or Limits(), subscription_id)
     held = run.judge.held.get(subscription_id)
     if held is None:
         raise LookupError(f"no subscription with id {subscription_id!r}")
@@ -257,7 +260,6 @@ def backfill(
         raise NotBackfillable(f"subscription {subscription_id!r} is skipped by the processor: {held.reason}")
     if not held.active:
         raise NotBackfillable(f"subscription {subscription_id!r} is inactive: activate it first")
-    only = run.judge.only(subscription_id)
     for page in run.pages(lambda cursor: repairs.events(cursor, since, PAGE), lambda e: e.position, after):
         jobs: list[DispatchJob] = []
         failures: list[FilterFailure] = []
@@ -271,7 +273,7 @@ def backfill(
             except InvalidEvent:
                 run.report.leave("the event is invalid (a dead letter)")
                 continue
-            matched, failed = only.match(event)
+            matched, failed = run.judge.match(event)
             jobs += create_jobs(event, matched, run.now)
             orders[event.id] = entry.order
             for subscription, error in failed:
