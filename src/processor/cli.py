@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 
 from processor import remedies
 from processor.commands import PROGRAM, Refused, explain, guarded, run_remedy
-from processor.config import Config, ConfigError, load
-from processor.dev import OneLineParser
+from processor.config import Config, ConfigError, OneLineParser, load
 from processor.runner import Runner
 from processor.stores.base import Repairs
 

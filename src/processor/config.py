@@ -4,13 +4,14 @@ with one line naming the variable."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -37,6 +38,13 @@ class Thresholds:
     window: float = 60.0
     min_operations: int = 5
     stall: float = 60.0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line and exit 2, as every configuration error is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 class ConfigError(Exception):

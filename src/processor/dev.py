@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import uvicorn
 
@@ -28,6 +28,7 @@ from processor.api import MAX_PAGE_SIZE, NewEvent, create_app
 from processor.config import (
     SHUTDOWN_GRACE_SECONDS,
     ConfigError,
+    OneLineParser,
     TargetSettings,
     in_existing_directory,
     load_settings,
@@ -93,13 +94,6 @@ DEMO_EVENTS: list[dict[str, Any]] = [
     # Last, and matched: once its jobs are there, the jobs of every event before it are too.
     {"type": "orders:fulfillment:shipment:shipped", "client_id": "demo-shop", "data": {"order": "o-1"}},
 ]
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A bad flag is one line and exit 2, as every configuration error is."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
