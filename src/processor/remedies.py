@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from processor.explain import Judge, Unreadable, readable
@@ -146,7 +147,8 @@ def redrive_dead_letters(
     subscriptions that match it now, the letter removed. One still invalid, or
     whose event is gone, is left, with why."""
     run = _Run(repairs, limits or Limits())
-    for page in run.pages(lambda cursor: repairs.dead_letters(cursor, PAGE), lambda s: s.key, after):
+    read = partial(repairs.dead_letters, limit=PAGE, event_id=event_id)
+    for page in run.pages(read, lambda s: s.key, after):
         jobs: list[DispatchJob] = []
         events: list[EventKey] = []
         failures: list[FilterFailure] = []
@@ -154,9 +156,7 @@ def redrive_dead_letters(
         orders: dict[str, int] = {}
         for stored in page:
             letter = stored.letter
-            if (reason is not None and reason not in letter.reason) or (
-                event_id is not None and letter.event_id != event_id
-            ):
+            if reason is not None and reason not in letter.reason:
                 continue
             run.report.examined += 1
             entry = repairs.letter_event(letter)
@@ -191,17 +191,14 @@ def retry_filter_failures(
     one that does not match (or whose subscription is gone or inactive: no job
     is due) is resolved too; one that still fails is left."""
     run = _Run(repairs, limits or Limits())
-    for page in run.pages(lambda cursor: repairs.filter_failures(cursor, PAGE), lambda s: s.key, after):
+    read = partial(repairs.filter_failures, limit=PAGE, event_id=event_id, subscription_id=subscription_id)
+    for page in run.pages(read, lambda s: s.key, after):
         jobs: list[DispatchJob] = []
         resolved: list[str] = []
         verdicts: dict[str, _Verdicts] = {}
         orders: dict[str, int] = {}
         for stored in page:
             failure = stored.failure
-            if (subscription_id is not None and failure.subscription_id != subscription_id) or (
-                event_id is not None and failure.event_id != event_id
-            ):
-                continue
             run.report.examined += 1
             if failure.event_id not in verdicts:  # an event's pairs are judged at once
                 entry = repairs.event(failure.event_id)

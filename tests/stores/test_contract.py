@@ -757,6 +757,18 @@ def test_redriving_dead_letters_by_reason_takes_those_alone(backend: Backend) ->
     assert [letter.event_id for letter in backend.dead_letters()] == [no_type]
 
 
+def test_a_redrive_of_one_event_s_letter_reads_that_letter_alone_whatever_its_limit(backend: Backend) -> None:
+    backend.put_subscription("all")
+    run = Run(backend.open())
+    letters = [publish(backend, client_id=None) for _ in range(3)]
+    run.through(*letters)
+    backend.mend_event(letters[2], client_id="acme")
+    report = redrive_dead_letters(backend.repairs(), event_id=letters[2], limits=Limits(items=1))
+    assert (report.examined, report.created, report.resolved) == (1, 1, 1), report
+    assert jobs(backend) == {(letters[2], "all")}
+    assert sorted(letter.event_id or "" for letter in backend.dead_letters()) == sorted(letters[:2])
+
+
 def test_retrying_filter_failures_once_the_filter_is_fixed_makes_the_jobs_due_and_clears_them(
     backend: Backend,
 ) -> None:
@@ -769,7 +781,9 @@ def test_retrying_filter_failures_once_the_filter_is_fixed_makes_the_jobs_due_an
     assert (unchanged.created, unchanged.left, len(backend.filter_failures())) == (0, 1, 1)
 
     backend.update_subscription("costly", filters={"payload": ["$[?search(@, 'b')]"]})
-    report = retry_filter_failures(backend.repairs())
+    elsewhere = retry_filter_failures(backend.repairs(), subscription_id="all", limits=Limits(items=1))
+    assert (elsewhere.examined, elsewhere.next) == (0, None), "another subscription's: none"
+    report = retry_filter_failures(backend.repairs(), subscription_id="costly", limits=Limits(items=1))
     assert (report.created, report.resolved, report.left) == (1, 1, 0)
     assert jobs(backend) == {(event, "costly")}
     assert backend.filter_failures() == []

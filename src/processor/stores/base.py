@@ -253,11 +253,21 @@ class Repairs(Protocol):
         """The event a dead letter was made of, read again (an operator may have
         mended it since); None when it can no longer be found."""
 
-    def dead_letters(self, after: str | None, limit: int) -> list[StoredLetter]:
-        """At most ``limit`` dead letters in key order after the key ``after``."""
+    def dead_letters(self, after: str | None, limit: int, event_id: str | None = None) -> list[StoredLetter]:
+        """At most ``limit`` dead letters in key order after the key ``after``;
+        only ``event_id``'s when it is given (chosen by the store, so that a
+        limit counts the letters wanted, not those passed over)."""
 
-    def filter_failures(self, after: str | None, limit: int) -> list[StoredFailure]:
-        """At most ``limit`` filter failures in key order after the key ``after``."""
+    def filter_failures(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        event_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> list[StoredFailure]:
+        """At most ``limit`` filter failures in key order after the key ``after``;
+        only ``event_id``'s, or ``subscription_id``'s, when given."""
 
     def repair(self, repair: Repair) -> CommitReport:
         """Write the jobs that are missing, remove the resolved dead letters and

@@ -128,12 +128,14 @@ class MongoRepairs:
     def letter_event(self, letter: DeadLetter) -> FeedEntry | None:
         return None if letter.event_id is None else self.event(letter.event_id)
 
-    def _page(self, name: str, after: str | None, limit: int) -> list[Document]:
-        query = {} if after is None else {"_id": {"$gt": after}}
+    def _page(self, name: str, after: str | None, limit: int, **wanted: str | None) -> list[Document]:
+        query: Document = {field: value for field, value in wanted.items() if value is not None}
+        if after is not None:
+            query["_id"] = {"$gt": after}
         with unavailable_on_failure(f"read {name}"):
             return list(self.database[name].find(query, sort=[("_id", ASCENDING)], limit=limit))
 
-    def dead_letters(self, after: str | None, limit: int) -> list[StoredLetter]:
+    def dead_letters(self, after: str | None, limit: int, event_id: str | None = None) -> list[StoredLetter]:
         return [
             StoredLetter(
                 str(d["_id"]),
@@ -147,10 +149,17 @@ class MongoRepairs:
                     str(d.get("raw_sha256") or ""),
                 ),
             )
-            for d in self._page(DEAD_LETTERS, after, limit)
+            for d in self._page(DEAD_LETTERS, after, limit, event_id=event_id)
         ]
 
-    def filter_failures(self, after: str | None, limit: int) -> list[StoredFailure]:
+    def filter_failures(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        event_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> list[StoredFailure]:
         return [
             StoredFailure(
                 str(d["_id"]),
@@ -162,7 +171,9 @@ class MongoRepairs:
                     _time(d.get("failed_at")),
                 ),
             )
-            for d in self._page(FILTER_FAILURES, after, limit)
+            for d in self._page(
+                FILTER_FAILURES, after, limit, event_id=event_id, subscription_id=subscription_id
+            )
         ]
 
     def repair(self, repair: Repair) -> CommitReport:

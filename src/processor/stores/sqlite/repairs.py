@@ -114,12 +114,12 @@ class SqliteRepairs:
     def letter_event(self, letter: DeadLetter) -> FeedEntry | None:
         return self._at(int(letter.position)) if letter.position.isdigit() else None
 
-    def dead_letters(self, after: str | None, limit: int) -> list[StoredLetter]:
+    def dead_letters(self, after: str | None, limit: int, event_id: str | None = None) -> list[StoredLetter]:
         def read(connection: sqlite3.Connection) -> list[StoredLetter]:
             rows = connection.execute(
                 "SELECT seq, position, event_id, reason, raw, received_at, raw_bytes, raw_sha256 "
-                "FROM dead_letters WHERE seq > ? ORDER BY seq LIMIT ?",
-                (_seq(after), limit),
+                "FROM dead_letters WHERE seq > ? AND (?3 IS NULL OR event_id = ?3) ORDER BY seq LIMIT ?2",
+                (_seq(after), limit, event_id),
             )
             return [
                 StoredLetter(
@@ -139,12 +139,20 @@ class SqliteRepairs:
 
         return self._read(read)
 
-    def filter_failures(self, after: str | None, limit: int) -> list[StoredFailure]:
+    def filter_failures(
+        self,
+        after: str | None,
+        limit: int,
+        *,
+        event_id: str | None = None,
+        subscription_id: str | None = None,
+    ) -> list[StoredFailure]:
         def read(connection: sqlite3.Connection) -> list[StoredFailure]:
             rows = connection.execute(
                 "SELECT seq, event_id, subscription_id, client_id, reason, failed_at FROM filter_failures "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (_seq(after), limit),
+                "WHERE seq > ?1 AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR subscription_id = ?4) "
+                "ORDER BY seq LIMIT ?2",
+                (_seq(after), limit, event_id, subscription_id),
             )
             return [
                 StoredFailure(
