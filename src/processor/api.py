@@ -56,7 +56,6 @@ from processor.models import (
 )
 from processor.ops import add_ops_routes
 from processor.page import add_page
-from processor.remedies import Limits
 from processor.stores.base import Repairs
 from processor.stores.sqlite import Catalog, EventExists, Page, subscription_document
 
@@ -89,8 +88,6 @@ class NewEvent(BaseModel):
 
 EVENT = TypeAdapter(NewEvent)
 EVENT_BATCH = TypeAdapter(list[NewEvent])
-SUBSCRIPTION_FIELDS = TypeAdapter(SubscriptionFields)
-SUBSCRIPTION_PATCH = TypeAdapter(SubscriptionPatch)
 QueryId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
@@ -346,9 +343,7 @@ def create_app(
         openapi_extra=body_schema(SubscriptionFields),
     )
     def create_subscription(
-        fields: Annotated[
-            SubscriptionFields, Depends(json_body(SUBSCRIPTION_FIELDS.validate_json, "must be a JSON object"))
-        ],
+        fields: Annotated[SubscriptionFields, Depends(body(SubscriptionFields))],
     ) -> dict[str, Any]:
         return subscription_document(catalog.create_subscription(fields))
 
@@ -381,9 +376,7 @@ def create_app(
     )
     def patch_subscription(
         subscription_id: str,
-        patch: Annotated[
-            SubscriptionPatch, Depends(json_body(SUBSCRIPTION_PATCH.validate_json, "must be a JSON object"))
-        ],
+        patch: Annotated[SubscriptionPatch, Depends(body(SubscriptionPatch))],
     ) -> dict[str, Any]:
         """Fields left out keep their value; the result must be a valid subscription
         (so a patch can mend one stored invalid)."""
@@ -490,7 +483,9 @@ def add_operator_routes(app: FastAPI, repairs: Repairs) -> None:
         """Process dead letters again, once their stored events are mended: those
         that pass become jobs and go; the others stay, counted by reason."""
         fields = request.model_dump(exclude={"limit"})
-        return remedies.redrive_dead_letters(repairs, **fields, limits=Limits(request.limit)).document()
+        return remedies.redrive_dead_letters(
+            repairs, **fields, limits=remedies.Limits(request.limit)
+        ).document()
 
     @app.post(
         "/api/redrive/filter-failures",
@@ -504,7 +499,9 @@ def add_operator_routes(app: FastAPI, repairs: Repairs) -> None:
         """Judge pairs whose filter failed again: a match becomes its job; an
         answer either way resolves the pair."""
         fields = request.model_dump(exclude={"limit"})
-        return remedies.retry_filter_failures(repairs, **fields, limits=Limits(request.limit)).document()
+        return remedies.retry_filter_failures(
+            repairs, **fields, limits=remedies.Limits(request.limit)
+        ).document()
 
     @app.post(
         "/api/backfill",
@@ -517,7 +514,7 @@ def add_operator_routes(app: FastAPI, repairs: Repairs) -> None:
         key = request.subscription_id
         try:
             report = remedies.backfill(
-                repairs, key, since=request.since, after=request.after, limits=Limits(request.limit)
+                repairs, key, since=request.since, after=request.after, limits=remedies.Limits(request.limit)
             )
         except LookupError:
             raise not_found("subscription", key) from None

@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -185,8 +185,6 @@ class Catalog:
         ``JOBS_SHOWN`` jobs made of it so far and how many there are; bounded by
         ``PAGE_BYTES`` as ``_page`` is, since a row written around the API may
         hold any text. ``next`` is the cursor of older events (pass as ``before``)."""
-        items: list[dict[str, Any]] = []
-        size, more = 0, False
         with self._session(write=False) as connection:
             # As bytes: a row written around the API may hold text that is not UTF-8,
             # which would fail the whole page; ``_text`` decodes what it can.
@@ -195,16 +193,12 @@ class Catalog:
                 f"SELECT seq, {selected} FROM events WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                 (before or 2**63 - 1, limit + 1),
             )
-            for row in rows:
-                if len(items) == limit or (items and size > PAGE_BYTES):
-                    more = True
-                    break
+
+            def item(row: sqlite3.Row) -> dict[str, Any]:
                 event = {column: _text(row[column]) for column in RECENT_EVENT_COLUMNS}
-                jobs = self._jobs_of(connection, row["seq"])
-                items.append({"position": row["seq"], **event, **jobs})
-                texts = [*event.values(), *(value for job in jobs["jobs"] for value in job.values())]
-                size += sum(len(value.encode()) for value in texts if isinstance(value, str))
-        return Page(items=items, next=items[-1]["position"] if more else None)
+                return {"position": row["seq"], **event, **self._jobs_of(connection, row["seq"])}
+
+            return _bounded(rows, limit, item)
 
     @staticmethod
     def _jobs_of(connection: sqlite3.Connection, seq: int) -> dict[str, Any]:
@@ -278,22 +272,13 @@ class Catalog:
             for column, value in given.items()
         )
         given = {column: value for column, value in given.items() if value is not NOT_STORED}
-        items: list[dict[str, Any]] = []
-        size, last, more = 0, None, False
         with self._session(write=False) as connection:
             rows = connection.execute(
                 f"SELECT seq, {', '.join(columns)} FROM {table} "
                 f"WHERE seq > ? {conditions} ORDER BY seq LIMIT ?",
                 (after or 0, *given.values(), limit + 1),
             )
-            for row in rows:
-                if len(items) == limit or (items and size > PAGE_BYTES):
-                    more = True
-                    break
-                items.append({column: row[column] for column in columns})
-                size += sum(len(value.encode()) for value in items[-1].values() if isinstance(value, str))
-                last = row["seq"]
-        return Page(items=items, next=last if more else None)
+            return _bounded(rows, limit, lambda row: {column: row[column] for column in columns})
 
     def stats(self) -> dict[str, Any]:
         """The projections, read together so that they agree with each other."""
@@ -328,6 +313,34 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+def _bounded(rows: Iterable[sqlite3.Row], limit: int, item: Callable[[sqlite3.Row], dict[str, Any]]) -> Page:
+    """``item`` of each of ``rows``, at most ``limit``, and no more once they
+    hold ``PAGE_BYTES`` of text (the item that passes it ends the page);
+    ``next``: the last row's ``seq``."""
+    items: list[dict[str, Any]] = []
+    size, last, more = 0, None, False
+    for row in rows:
+        if len(items) == limit or (items and size > PAGE_BYTES):
+            more = True
+            break
+        items.append(item(row))
+        size += sum(len(text.encode()) for text in _texts(items[-1]))
+        last = row["seq"]
+    return Page(items=items, next=last if more else None)
+
+
+def _texts(value: object) -> Iterator[str]:
+    """Every text in a JSON-like value, however nested (a recent event's jobs)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for inner in value.values():
+            yield from _texts(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _texts(inner)
 
 
 def _text(value: object) -> str | None:
